@@ -1,0 +1,103 @@
+"""The one wrapper through which the harness runs external commands.
+
+It logs the quoted command, sends the full output to a log file, feeds each line to an
+optional callback (progress displays parse ninja's ``[n/m]`` from it) and, on failure,
+raises the caller's error class with the command and the indented tail of the output.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import CommandFailed, HarnessError, ToolMissing
+
+TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class Completed:
+    args: tuple[str, ...]
+    returncode: int
+    output: str
+
+
+def quote(cmd: Sequence[str | os.PathLike[str]]) -> str:
+    return " ".join(shlex.quote(os.fspath(c)) for c in cmd)
+
+
+def which(tool: str) -> Path:
+    found = shutil.which(tool)
+    if found is None:
+        raise ToolMissing(f"`{tool}` is not on PATH")
+    return Path(found)
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    error: type[HarnessError] = CommandFailed,
+    what: str | None = None,
+    check: bool = True,
+    quiet: bool = False,
+) -> Completed:
+    """Run ``cmd``; return its combined output; raise ``error`` on a non-zero exit.
+
+    ``log`` receives the command line and the whole output (appended, so one log can hold
+    a sequence of steps). ``what`` names the step in the error message.
+    """
+    args = tuple(os.fspath(c) for c in cmd)
+    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
+        raise ToolMissing(f"`{args[0]}` is not on PATH (needed to {what or 'run ' + quote(args)})")
+    if not quiet:
+        print(f"$ {quote(args)}", file=sys.stderr, flush=True)
+    full_env = None if env is None else {**os.environ, **env}
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    lines: list[str] = []
+    log_fh = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log_fh = log.open("a", encoding="utf-8")
+        log_fh.write(f"$ {quote(args)}  (cwd={cwd or Path.cwd()})\n")
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            tail.append(line.rstrip("\n"))
+            if log_fh is not None:
+                log_fh.write(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        returncode = proc.wait()
+    finally:
+        if log_fh is not None:
+            log_fh.close()
+    result = Completed(args, returncode, "".join(lines))
+    if check and returncode != 0:
+        shown = "\n".join("    " + t for t in tail)
+        where = f"\n  full log: {log}" if log is not None else ""
+        raise error(
+            f"{what or 'command'} failed (exit {returncode}): {quote(args)}\n{shown}{where}"
+        )
+    return result
