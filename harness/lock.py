@@ -1,0 +1,42 @@
+"""An exclusive inter-process lock, so two runs never write the same cache or checkout."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.errors import CacheLocked
+
+DEFAULT_TIMEOUT_S = float(os.environ.get("TQH_LOCK_TIMEOUT", "1800"))
+
+
+@contextmanager
+def exclusive(path: Path, *, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
+    """Hold an flock on ``path``; the kernel drops it if the holder dies, so no stale locks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CacheLocked(
+                        f"{path} is held by another run (waited {timeout:.0f} s)"
+                    ) from None
+                if not announced:
+                    print(f"waiting for the lock {path} ...", flush=True)
+                    announced = True
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
