@@ -62,7 +62,9 @@ class PatchConflict(HarnessError):
     """A patch of the series does not apply to the pinned upstream."""
 
     exit_code = 16
-    hint = "rebase the named patch in build/llama.cpp (git am --3way), then `nox -s patches -- export`"
+    hint = (
+        "rebase the named patch in build/llama.cpp (git am --3way), then `nox -s patches -- export`"
+    )
 
 
 class StalePatches(HarnessError):

@@ -38,7 +38,11 @@ COMMITTER_ENV = {
     "GIT_COMMITTER_EMAIL": "harness@turboquant.invalid",
 }
 FORMAT_PATCH_ARGS = (
-    "--zero-commit", "--full-index", "--no-signature", "--no-stat", "--no-numbered",
+    "--zero-commit",
+    "--full-index",
+    "--no-signature",
+    "--no-stat",
+    "--no-numbered",
 )
 
 
@@ -94,8 +98,14 @@ def hunks_of(patch: Path) -> list[Hunk]:
             current = line[4:].removeprefix("b/")
         elif m := HUNK_RE.match(line):
             hunks.append(
-                Hunk(current, line.split(" @@")[0] + " @@", no, int(m.group(1)),
-                     int(m.group(3)), int(m.group(4) or 1))
+                Hunk(
+                    current,
+                    line.split(" @@")[0] + " @@",
+                    no,
+                    int(m.group(1)),
+                    int(m.group(3)),
+                    int(m.group(4) or 1),
+                )
             )
     return hunks
 
@@ -129,7 +139,12 @@ def open_checkout(paths: Paths, upstream: Upstream) -> git.Repo:
     except git.GitCommandError:
         base = ""
     if base != upstream.commit:
-        repo.git.fetch("--force", "--depth=1", str(upstream.repo), f"+refs/tags/{BASE_TAG}:refs/tags/{BASE_TAG}")
+        repo.git.fetch(
+            "--force",
+            "--depth=1",
+            str(upstream.repo),
+            f"+refs/tags/{BASE_TAG}:refs/tags/{BASE_TAG}",
+        )
     return repo
 
 
@@ -172,8 +187,7 @@ def describe_conflict(worktree: Path, series: Series, output: str) -> str:
     index = int(failed.group(1)) - 1 if failed else 0
     patch = series.files[index] if index < len(series.files) else series.files[-1]
     places: list[tuple[str, int]] = [
-        (m.group(1), int(m.group(2)))
-        for m in re.finditer(r"patch failed: (\S+?):(\d+)", output)
+        (m.group(1), int(m.group(2))) for m in re.finditer(r"patch failed: (\S+?):(\d+)", output)
     ]
     for m in re.finditer(r"Merge conflict in (\S+)", output):
         target = worktree / m.group(1)
@@ -195,12 +209,12 @@ def describe_conflict(worktree: Path, series: Series, output: str) -> str:
             default=None,
         )
         where = f"{patch.relative_to(series.directory.parent)}:{hunk.patch_line}" if hunk else ""
-        rows.append(
-            f"  {where}: {file}:{line}: hunk {hunk.header if hunk else '?'} does not apply"
-        )
+        rows.append(f"  {where}: {file}:{line}: hunk {hunk.header if hunk else '?'} does not apply")
     detail = "\n".join(rows) or "  (git gave no file; see the output below)"
     tail = "\n".join("    " + ln for ln in output.strip().splitlines()[-12:])
-    return f"patch {patch.name} does not apply to the upstream base:\n{detail}\n  git am said:\n{tail}"
+    return (
+        f"patch {patch.name} does not apply to the upstream base:\n{detail}\n  git am said:\n{tail}"
+    )
 
 
 def _apply_in_scratch(repo: git.Repo, base: str, series: Series, scratch_root: Path) -> str:
@@ -213,8 +227,11 @@ def _apply_in_scratch(repo: git.Repo, base: str, series: Series, scratch_root: P
             if series.files:
                 try:
                     scratch.git.am(
-                        "--3way", "--keep-non-patch", "--committer-date-is-author-date",
-                        *[str(f) for f in series.files], env=COMMITTER_ENV,
+                        "--3way",
+                        "--keep-non-patch",
+                        "--committer-date-is-author-date",
+                        *[str(f) for f in series.files],
+                        env=COMMITTER_ENV,
                     )
                 except git.GitCommandError as exc:
                     message = describe_conflict(wt, series, f"{exc.stdout}\n{exc.stderr}")
@@ -239,7 +256,9 @@ def apply(paths: Paths, upstream: Upstream, series: Series) -> str:
     # Moving the branch rewrites only files that differ, so ninja rebuilds only their users.
     repo.git.checkout("-B", PATCHED_BRANCH, new_head)
     _write_stamp(repo, upstream.commit, series)
-    print(f"applied {len(series.names)} patch(es) onto {upstream.commit[:12]}: HEAD {new_head[:12]}")
+    print(
+        f"applied {len(series.names)} patch(es) onto {upstream.commit[:12]}: HEAD {new_head[:12]}"
+    )
     return new_head
 
 

@@ -135,9 +135,23 @@ def _download_sdist(paths: Paths, pin: UpstreamPin, log: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=paths.downloads, prefix=".partial-") as tmp:
         progress = Progress(f"downloading {sd.package}=={sd.version}")
         proc.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--disable-pip-version-check", f"{sd.package}=={sd.version}", "-d", tmp],
-            log=log, on_line=progress.tick, error=FetchError, what="pip download of the sdist",
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                f"{sd.package}=={sd.version}",
+                "-d",
+                tmp,
+            ],
+            log=log,
+            on_line=progress.tick,
+            error=FetchError,
+            what="pip download of the sdist",
         )
         got = Path(tmp) / sd.filename
         if not got.is_file():

@@ -1,0 +1,219 @@
+"""Configure and build the patched llama.cpp with cmake + ninja (+ ccache when present).
+
+The build directory records what configured it (upstream commit, patch-series digest,
+the kernels' CMake files, options, compiler and tool versions) in ``tqh-configure.json``
+and is wiped when any of it changes, instead of trusting a stale CMake cache. Kernel
+*sources* are not part of that record: ninja tracks them, so editing one kernel file
+rebuilds only what depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from harness import proc
+from harness.config import Paths
+from harness.errors import BuildError, ConfigError
+from harness.progress import NINJA_STEP, Progress
+
+STAMP = "tqh-configure.json"
+
+# What the later stages run: perplexity gates, benchmarks, backend tests, and the kernels
+# library with the shared objects and programs the parity session loads.
+TOOL_TARGETS = ("llama-perplexity", "llama-bench", "test-backend-ops")
+KERNEL_TARGETS = ("turboquant", "turboquant_shared", "turboquant_metal_shim", "tq_bench")
+
+
+class Backend(Enum):
+    CPU = "cpu"
+    METAL = "metal"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    backend: Backend = Backend.CPU
+    build_type: str = "Release"
+    native: bool = True
+    cuda_architectures: str = "90"
+    defines: tuple[str, ...] = ()
+    targets: tuple[str, ...] = TOOL_TARGETS + KERNEL_TARGETS
+    jobs: int | None = None
+
+    def cmake_defines(self) -> list[str]:
+        d = [
+            f"-DCMAKE_BUILD_TYPE={self.build_type}",
+            f"-DGGML_NATIVE={'ON' if self.native else 'OFF'}",
+            "-DLLAMA_BUILD_TESTS=ON",
+            "-DLLAMA_BUILD_TOOLS=ON",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_BUILD_APP=OFF",
+            "-DLLAMA_OPENSSL=OFF",
+            # Otherwise the build tries to download a prebuilt web UI.
+            "-DLLAMA_USE_PREBUILT_UI=OFF",
+            f"-DGGML_METAL={'ON' if self.backend is Backend.METAL else 'OFF'}",
+            f"-DGGML_CUDA={'ON' if self.backend is Backend.CUDA else 'OFF'}",
+        ]
+        if self.backend is Backend.CUDA:
+            d.append(f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_architectures}")
+        return d + [f"-D{x}" for x in self.defines]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    directory: Path
+    steps: int
+    reset: bool
+    record: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def bin(self) -> Path:
+        return self.directory / "bin"
+
+    @property
+    def kernels(self) -> Path:
+        return self.directory / "turboquant"
+
+
+def build_dir(paths: Paths, options: BuildOptions) -> Path:
+    return paths.build / options.backend.value
+
+
+def _tree_digest(root: Path, patterns: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for pattern in patterns:
+        for f in sorted(root.rglob(pattern)):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _version(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        return "absent"
+    out = proc.run([path, "--version"], check=False, quiet=True).output.strip()
+    return f"{path}: {out.splitlines()[0] if out else '?'}"
+
+
+def _compilers() -> dict[str, str]:
+    cc = os.environ.get("CC") or ("clang" if sys.platform == "darwin" else "cc")
+    cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "c++")
+    return {"cc": _version(cc), "cxx": _version(cxx)}
+
+
+def configuration_record(
+    paths: Paths, upstream_commit: str, series_digest: str, options: BuildOptions
+) -> dict[str, object]:
+    """Everything that, when changed, makes the build directory untrustworthy."""
+    opts = asdict(options)
+    opts["backend"] = options.backend.value
+    del opts["targets"], opts["jobs"]  # what to build, not how it is configured
+    record = {
+        "upstream": upstream_commit,
+        "series": series_digest,
+        "source": str(paths.checkout),
+        "kernels_dir": str(paths.kernels),
+        "kernels_cmake": _tree_digest(paths.kernels, ("CMakeLists.txt", "*.cmake")),
+        "options": opts,
+        "platform": platform.platform(),
+        "tools": {
+            **_compilers(),
+            "cmake": _version("cmake"),
+            "ninja": _version("ninja"),
+            "ccache": _version("ccache"),
+        },
+    }
+    return json.loads(json.dumps(record))  # the form it has when read back from the stamp
+
+
+def kernels_digest(paths: Paths) -> str:
+    """Digest of every kernel file: for reports, which state of kernels/ a result came from."""
+    return _tree_digest(paths.kernels, ("*",))
+
+
+def _ccache(paths: Paths) -> tuple[list[str], dict[str, str]]:
+    if shutil.which("ccache") is None:
+        return [], {}
+    defines = [
+        "-DCMAKE_C_COMPILER_LAUNCHER=ccache",
+        "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache",
+        "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache",
+        "-DGGML_CCACHE=OFF",
+    ]
+    # BASEDIR makes paths inside the repository relative, so another clone of the project
+    # (CI's fresh one) hits the same cache entries.
+    env = {
+        "CCACHE_DIR": str(paths.ccache),
+        "CCACHE_BASEDIR": str(paths.repo),
+        "CCACHE_NOHASHDIR": "true",
+        "CCACHE_MAXSIZE": os.environ.get("CCACHE_MAXSIZE", "2G"),
+    }
+    return defines, env
+
+
+def build(
+    paths: Paths, upstream_commit: str, series_digest: str, options: BuildOptions
+) -> BuildResult:
+    """Configure (if needed) and build ``options.targets``; return where they are."""
+    if not (paths.checkout / "CMakeLists.txt").is_file():
+        raise ConfigError(f"{paths.checkout} holds no llama.cpp tree; apply the series first")
+    directory = build_dir(paths, options)
+    record = configuration_record(paths, upstream_commit, series_digest, options)
+    stamp = directory / STAMP
+    try:
+        previous = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    reset = previous != record and directory.exists()
+    if reset:
+        changed = sorted(k for k in record if previous is None or previous.get(k) != record[k])
+        print(
+            f"{directory}: configuration changed ({', '.join(changed)}); starting afresh",
+            file=sys.stderr,
+        )
+        shutil.rmtree(directory)
+    log = paths.logs / f"build-{options.backend.value}.log"
+    launcher_defines, env = _ccache(paths)
+    if not (directory / "build.ninja").is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        proc.run(
+            [
+                "cmake",
+                "-G",
+                "Ninja",
+                "-S",
+                paths.checkout,
+                "-B",
+                directory,
+                f"-DGGML_TURBOQUANT_DIR={paths.kernels}",
+                *options.cmake_defines(),
+                *launcher_defines,
+            ],
+            log=log,
+            env=env,
+            error=BuildError,
+            what="cmake configure",
+        )
+        stamp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    progress = Progress(f"building {options.backend.value}")
+    jobs = ["-j", str(options.jobs)] if options.jobs else []
+    out = proc.run(
+        ["cmake", "--build", directory, "--target", *options.targets, *jobs],
+        log=log,
+        env=env,
+        on_line=progress.ninja,
+        error=BuildError,
+        what="build",
+    )
+    steps = sum(1 for line in out.output.splitlines() if NINJA_STEP.match(line))
+    progress.done(f"{steps} step(s)" if steps else "up to date, nothing rebuilt")
+    return BuildResult(directory, steps, reset, record)

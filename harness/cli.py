@@ -1,0 +1,148 @@
+"""Command line of the harness: ``python -m harness COMMAND``; the nox sessions call this.
+
+Exit codes: 0 success, 2 usage, and one per failure class (``harness.errors``):
+11 config, 12 tool missing, 13 fetch, 14 integrity, 15 cache locked, 16 patch conflict,
+17 stale patches, 18 dirty checkout, 19 build, 20 parity, 21 gate, 22 model, 23 command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness import build as build_mod
+from harness import patches
+from harness.config import Paths, load_pin
+from harness.errors import HarnessError
+from harness.lock import exclusive
+from harness.upstream import FetchMode, Upstream, ensure_upstream
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("upstream source (default: the pinned sdist, offline-friendly)")
+    g.add_argument(
+        "--fetch",
+        choices=[m.value for m in FetchMode],
+        default=os.environ.get("TQH_FETCH", FetchMode.SDIST.value),
+        help="where the pinned commit comes from: the llama-cpp-python sdist (pip) or git "
+        "(env TQH_FETCH)",
+    )
+    g.add_argument("--git-url", help="override the git URL of upstream.toml (e.g. a mirror)")
+    g.add_argument(
+        "--source",
+        type=Path,
+        help="use the commit checked out in this local llama.cpp clone as the base",
+    )
+
+
+def _upstream(args: argparse.Namespace, paths: Paths) -> Upstream:
+    pin = load_pin(paths.pin_file)
+    return ensure_upstream(
+        paths, pin, mode=FetchMode(args.fetch), git_url=args.git_url, source=args.source
+    )
+
+
+def cmd_build(args: argparse.Namespace, paths: Paths) -> None:
+    options = build_mod.BuildOptions(
+        backend=build_mod.Backend(args.backend),
+        build_type=args.build_type,
+        native=not args.no_native,
+        cuda_architectures=args.cuda_arch,
+        defines=tuple(args.define),
+        targets=tuple(args.target) if args.target else build_mod.BuildOptions.targets,
+        jobs=args.jobs,
+    )
+    upstream = _upstream(args, paths)
+    with exclusive(paths.build / ".lock"):
+        series = patches.Series.load(paths.patches)
+        patches.apply(paths, upstream, series)
+        result = build_mod.build(paths, upstream.commit, series.digest(), options)
+    print(f"built {', '.join(options.targets)} in {result.directory}")
+
+
+def cmd_patches(args: argparse.Namespace, paths: Paths) -> None:
+    upstream = _upstream(args, paths)
+    with exclusive(paths.build / ".lock"):
+        if args.action == "apply":
+            head = patches.apply(paths, upstream, patches.Series.load(paths.patches))
+            print(f"{paths.checkout} is at {head[:12]} (branch {patches.PATCHED_BRANCH})")
+        elif args.action == "export":
+            changed = patches.export(paths, upstream)
+            print("patches/: " + (", ".join(changed) + " written" if changed else "unchanged"))
+        else:
+            patches.check(paths, upstream)
+            print("patches/ matches the work checkout")
+
+
+def cmd_fetch(args: argparse.Namespace, paths: Paths) -> None:
+    up = _upstream(args, paths)
+    print(f"{up.commit} ({up.origin}) in {up.repo}")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m harness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="fetch and verify the pinned upstream into the cache")
+    _add_source_options(p)
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("build", help="fetch, apply patches/, build the tools and kernels")
+    _add_source_options(p)
+    p.add_argument(
+        "--backend",
+        choices=[b.value for b in build_mod.Backend],
+        default="cpu",
+        help="ggml backend to build (metal on macOS, cuda needs nvcc)",
+    )
+    p.add_argument("--build-type", default="Release", help="CMAKE_BUILD_TYPE")
+    p.add_argument(
+        "--no-native",
+        action="store_true",
+        help="portable binaries instead of -march=native (release artifacts)",
+    )
+    p.add_argument("--cuda-arch", default="90", help="CMAKE_CUDA_ARCHITECTURES for --backend cuda")
+    p.add_argument(
+        "-D",
+        "--define",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="extra CMake cache entry (repeatable); part of the configuration record",
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="build only this target (repeatable; default: tools and kernels)",
+    )
+    p.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: ninja's)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("patches", help="apply, export or check the patch series")
+    p.add_argument("action", choices=["apply", "export", "check"])
+    _add_source_options(p)
+    p.set_defaults(func=cmd_patches)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    paths = Paths.default()
+    try:
+        args.func(args, paths)
+    except HarnessError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        print(f"hint: {exc.hint}", file=sys.stderr)
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            first = str(exc).splitlines()[0]
+            print(f"::error title={type(exc).__name__}::{first}", file=sys.stderr)
+        return exc.exit_code
+    return 0

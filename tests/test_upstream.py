@@ -1,0 +1,146 @@
+"""Fetching the pinned upstream: real git, real pip, real tarballs made by the tests."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import git
+import pytest
+from conftest import Sandbox, make_sdist
+
+from harness import cli
+from harness.errors import CacheLocked, ConfigError, FetchError, IntegrityError
+from harness.lock import exclusive
+from harness.upstream import BASE_TAG, MARKER, FetchMode, ensure_upstream, is_valid
+
+
+def _commits(repo: Path) -> list[str]:
+    return git.Repo(repo).git.rev_list("--all").split()
+
+
+def test_git_fetch_from_file_url(sandbox: Sandbox) -> None:
+    up = ensure_upstream(sandbox.paths, sandbox.pin, mode=FetchMode.GIT)
+    assert up.commit == sandbox.pin.commit
+    assert up.repo == sandbox.paths.upstream_repos / f"{sandbox.pin.commit}.git"
+    assert git.Repo(up.repo).git.rev_parse(f"{BASE_TAG}^{{commit}}") == sandbox.pin.commit
+    # Only the pinned commit, not the later upstream history.
+    assert _commits(up.repo) == [sandbox.pin.commit]
+    assert not list(sandbox.paths.upstream_repos.glob(".partial-*"))
+
+
+def test_git_fetch_of_unknown_commit_fails(sandbox: Sandbox) -> None:
+    pin = replace(sandbox.pin, commit="1" * 40)
+    with pytest.raises(FetchError) as info:
+        ensure_upstream(sandbox.paths, pin, mode=FetchMode.GIT)
+    assert info.value.exit_code == 13
+    assert not (sandbox.paths.upstream_repos / f"{'1' * 40}.git").exists()
+
+
+def test_sdist_is_downloaded_verified_and_imported(sandbox: Sandbox, offline_index: Path) -> None:
+    pin = make_sdist(sandbox, offline_index)
+    up = ensure_upstream(sandbox.paths, pin, mode=FetchMode.SDIST)
+    assert up.commit == pin.commit
+    assert _commits(up.repo) == [pin.commit]
+    assert (sandbox.paths.downloads / pin.sdist.filename).is_file()
+    assert is_valid(up.repo, pin.commit)
+
+
+def test_sdist_with_wrong_hash_is_refused(sandbox: Sandbox, offline_index: Path) -> None:
+    pin = make_sdist(sandbox, offline_index)
+    bad = replace(pin, sdist=replace(pin.sdist, sha256="f" * 64))
+    with pytest.raises(IntegrityError) as info:
+        ensure_upstream(sandbox.paths, bad)
+    assert info.value.exit_code == 14
+    assert "f" * 64 in str(info.value)
+    # Nothing unverified is kept under a name a later run would trust.
+    assert not (sandbox.paths.downloads / pin.sdist.filename).exists()
+    assert not (sandbox.paths.upstream_repos / f"{pin.commit}.git").exists()
+
+
+def test_corrupt_download_is_fetched_again(sandbox: Sandbox, offline_index: Path) -> None:
+    pin = make_sdist(sandbox, offline_index)
+    sandbox.paths.downloads.mkdir(parents=True)
+    (sandbox.paths.downloads / pin.sdist.filename).write_bytes(b"truncated download")
+    up = ensure_upstream(sandbox.paths, pin)
+    assert is_valid(up.repo, pin.commit)
+    from harness.upstream import sha256_of
+
+    assert sha256_of(sandbox.paths.downloads / pin.sdist.filename) == pin.sdist.sha256
+
+
+def test_edited_cache_is_detected_and_refetched(sandbox: Sandbox) -> None:
+    up = ensure_upstream(sandbox.paths, sandbox.pin, mode=FetchMode.GIT)
+    objects = sorted(p for p in (up.repo / "objects").rglob("*") if p.is_file())
+    victim = max(objects, key=lambda p: p.stat().st_size)
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert not is_valid(up.repo, sandbox.pin.commit)
+    again = ensure_upstream(sandbox.paths, sandbox.pin, mode=FetchMode.GIT)
+    assert is_valid(again.repo, sandbox.pin.commit)
+    assert _commits(again.repo) == [sandbox.pin.commit]
+
+
+def test_incomplete_cache_is_refetched(sandbox: Sandbox) -> None:
+    up = ensure_upstream(sandbox.paths, sandbox.pin, mode=FetchMode.GIT)
+    (up.repo / MARKER).unlink()  # what an interrupted import leaves behind
+    assert not is_valid(up.repo, sandbox.pin.commit)
+    again = ensure_upstream(sandbox.paths, sandbox.pin, mode=FetchMode.GIT)
+    assert is_valid(again.repo, sandbox.pin.commit)
+
+
+def test_unchanged_cache_is_not_refetched(sandbox: Sandbox) -> None:
+    up = ensure_upstream(sandbox.paths, sandbox.pin, mode=FetchMode.GIT)
+    before = (up.repo / MARKER).stat().st_mtime_ns
+    ensure_upstream(sandbox.paths, sandbox.pin, mode=FetchMode.GIT)
+    assert (up.repo / MARKER).stat().st_mtime_ns == before
+
+
+def test_local_source_uses_its_head(sandbox: Sandbox) -> None:
+    up = ensure_upstream(sandbox.paths, sandbox.pin, source=sandbox.upstream_dir)
+    head = git.Repo(sandbox.upstream_dir).head.commit.hexsha
+    assert up.commit == head != sandbox.pin.commit
+    assert is_valid(up.repo, head)
+
+
+def test_source_that_is_not_a_checkout_is_a_config_error(sandbox: Sandbox, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        ensure_upstream(sandbox.paths, sandbox.pin, source=tmp_path / "nowhere")
+
+
+def _hold(path: str, seconds: float, ready) -> None:
+    with exclusive(Path(path)):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_second_run_waits_for_the_lock_then_gives_up(tmp_path: Path) -> None:
+    lock = tmp_path / "locks" / "x.lock"
+    ready = multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold, args=(str(lock), 3.0, ready))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(CacheLocked) as info, exclusive(lock, timeout=0.5):
+            pass
+        assert info.value.exit_code == 15
+    finally:
+        holder.join()
+    with exclusive(lock, timeout=0.5):  # released when the holder exits
+        pass
+
+
+def test_cli_maps_errors_to_exit_codes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("TQH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TQH_BUILD_DIR", str(tmp_path / "build"))
+    code = cli.main(["fetch", "--source", str(tmp_path / "not-a-checkout")])
+    err = capsys.readouterr().err
+    assert code == ConfigError.exit_code == 11
+    assert "error: --source" in err
+    assert "hint:" in err
