@@ -62,6 +62,8 @@ class BuildOptions:
             "-DLLAMA_USE_PREBUILT_UI=OFF",
             f"-DGGML_METAL={'ON' if self.backend is Backend.METAL else 'OFF'}",
             f"-DGGML_CUDA={'ON' if self.backend is Backend.CUDA else 'OFF'}",
+            # The kernels' shared library, Metal shim and benchmark, for the parity session.
+            "-DTURBOQUANT_BUILD_TOOLS=ON",
         ]
         if self.backend is Backend.CUDA:
             d.append(f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_architectures}")
