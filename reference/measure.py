@@ -1,9 +1,12 @@
 """Measured distortion of the turbo formats on random unit vectors, against theory.
 
-Each row rotates random unit vectors, quantizes them with every norm rule, decodes, rotates
-back and reports E‖x − x̂‖² with its standard error, next to the Lloyd-Max optimum (the
-expectation of the "plain" rule, which scales by the true norm) and the paper's bound
-(√3·π/2)·4^−b. ``python -m reference.measure`` prints the table.
+``mse_table``: each row rotates random unit vectors, quantizes them with every norm rule,
+decodes, rotates back and reports E‖x − x̂‖² with its standard error, next to the Lloyd-Max
+optimum (the expectation of the "plain" rule, which scales by the true norm) and the paper's
+bound (√3·π/2)·4^−b.
+
+``qjl_table``: inner-product error of the b-bit MSE quantizer against TurboQuant_prod at the
+same b (b−1 bits + QJL) with either sketch. ``python -m reference.measure`` prints both.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reference import codebook, formats, rotation
+from reference import codebook, formats, qjl, rotation
 from reference.formats import Format, NormRule
 
 NORM_RULES: tuple[NormRule, ...] = ("lsq", "plain", "corrected")
@@ -80,5 +83,53 @@ def format_mse_table(rows: list[MseRow]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class QjlRow:
+    n: int
+    bits: int
+    # n · E[(estimate − ⟨q, y⟩)²] for unit keys and independent unit queries
+    mse_only: float
+    prod_gaussian: float
+    prod_hadamard: float
+
+
+def qjl_table(pairs: int = 4000, seed: int = DEFAULT_SEED, batch: int = 500) -> list[QjlRow]:
+    """One row per (n, bits), n in (128, 64), bits 2..5; a fresh sketch for every pair."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in (128, 64):
+        for bits in (2, 3, 4, 5):
+            y = rotation.forward(unit_vectors(pairs, n, rng))
+            q = rotation.forward(unit_vectors(pairs, n, rng)).astype(np.float64)
+            true = np.sum(q * y, axis=1, dtype=np.float64)
+            idx, d_bits = formats.quantize_with_norm_rule(y, bits)
+            err = {"mse": np.sum(q * formats.dequantize(idx, d_bits, bits), axis=1) - true}
+            for name, kind in (("gaussian", qjl.GaussianSketch), ("hadamard", qjl.HadamardSketch)):
+                parts = []
+                for start in range(0, pairs, batch):
+                    rows_here = slice(start, start + batch)
+                    sketch = kind.draw(rng, n, rows=len(true[rows_here]))
+                    code = qjl.encode(y[rows_here], bits, sketch)
+                    parts.append(qjl.inner_product(q[rows_here], code, sketch) - true[rows_here])
+                err[name] = np.concatenate(parts)
+            scaled = {k: n * float(np.mean(v**2)) for k, v in err.items()}
+            rows.append(QjlRow(n, bits, scaled["mse"], scaled["gaussian"], scaled["hadamard"]))
+    return rows
+
+
+def format_qjl_table(rows: list[QjlRow]) -> str:
+    head = f"{'n':>4} {'bits':>4} {'mse only':>10} {'prod gauss':>11} {'prod hadamard':>14}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.n:>4} {r.bits:>4} {r.mse_only:>10.4g} {r.prod_gaussian:>11.4g} "
+            f"{r.prod_hadamard:>14.4g}"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(format_mse_table(mse_table()))
+    print()
+    print("n · E[(estimate − <q, y>)^2], unit keys, independent unit queries")
+    print(format_qjl_table(qjl_table()))
