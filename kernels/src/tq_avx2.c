@@ -1,0 +1,445 @@
+/*
+ * AVX2 path (compiled with -mavx2 for this file only; the dispatcher calls it only when the
+ * CPU reports AVX2). Bit-identical to the scalar path: the same float32 operations in the
+ * same order, the contract's 8-lane double sums kept as two 4-lane registers, and the
+ * midpoint decision done on floats through per-block thresholds (tq_float_threshold).
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "tq_internal.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* The codebook as 8-wide registers, looked up with permutes (4, 8, 16 or 32 entries). */
+struct lut {
+    __m256 r[TQ_MAX_LEVELS / 8];
+};
+
+INLINE struct lut lut_load(const float *values, int count)
+{
+    float pad[TQ_MAX_LEVELS];
+    struct lut t;
+    for (int i = 0; i < TQ_MAX_LEVELS; i++) {
+        pad[i] = values[i < count ? i : count - 1];
+    }
+    for (int r = 0; r < TQ_MAX_LEVELS / 8; r++) {
+        t.r[r] = _mm256_loadu_ps(pad + 8 * r);
+    }
+    return t;
+}
+
+/* permutevar8x32 only reads the low 3 bits of each index; bits 3 and 4 pick the register
+ * through blendv, which reads the sign bit. */
+INLINE __m256 lut_get(const struct lut *t, int count, __m256i idx)
+{
+    __m256 v = _mm256_permutevar8x32_ps(t->r[0], idx);
+    if (count > 8) {
+        const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+        v = _mm256_blendv_ps(v, _mm256_permutevar8x32_ps(t->r[1], idx), bit3);
+        if (count > 16) {
+            __m256 w = _mm256_permutevar8x32_ps(t->r[2], idx);
+            w = _mm256_blendv_ps(w, _mm256_permutevar8x32_ps(t->r[3], idx), bit3);
+            v = _mm256_blendv_ps(v, w, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27)));
+        }
+    }
+    return v;
+}
+
+INLINE __m256d lo_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
+INLINE __m256d hi_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+
+/* ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)) with lo = a0..a3 and hi = a4..a7. */
+INLINE double lane8_total(__m256d lo, __m256d hi)
+{
+    const __m256d t = _mm256_add_pd(lo, hi);
+    const __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(u, _mm_unpackhi_pd(u, u)));
+}
+
+/* Indices of 32 consecutive values, one per byte in value order. */
+INLINE __m256i bytes_of(__m256i i0, __m256i i1, __m256i i2, __m256i i3)
+{
+    const __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* Pack 32 index bytes into the low plane (lo_bits each, LSB first) and, for 3 and 5 bits,
+ * the high-bit plane. */
+INLINE void pack32(int bits, __m256i b, uint8_t *lo, uint8_t *hi)
+{
+    if (tq_lo_bits(bits) == 4) {
+        const __m256i v = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+        const __m256i w = _mm256_maddubs_epi16(v, _mm256_set1_epi16(0x1001));
+        const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);
+        _mm_storeu_si128((__m128i *)lo, _mm256_castsi256_si128(p));
+    } else {
+        const __m256i v = _mm256_and_si256(b, _mm256_set1_epi8(0x03));
+        const __m256i w = _mm256_maddubs_epi16(v, _mm256_set1_epi16(0x0401));
+        const __m256i q = _mm256_madd_epi16(w, _mm256_set1_epi32(0x00100001));
+        const __m256i gather = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1,
+                                                -1, -1, -1, -1, -1, -1);
+        const __m256i p = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(q, gather),
+                                                      _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        _mm_storel_epi64((__m128i *)lo, _mm256_castsi256_si128(p));
+    }
+    if (bits == 3 || bits == 5) {
+        /* Shifting each 16-bit pair left moves bit (bits-1) of every byte to its top bit;
+         * the low byte's higher bits, all zero, are what spill into its neighbour. */
+        const __m256i top = _mm256_slli_epi16(b, 8 - bits);
+        const uint32_t mask = (uint32_t)_mm256_movemask_epi8(top);
+        memcpy(hi, &mask, sizeof mask);
+    }
+}
+
+/* Midpoints in binary-search order: level L (s = nlev >> (L+1)) compares against
+ * mid[j * 2s + s - 1] with j = (index so far) >> (bits - L). Each level is padded to a
+ * multiple of 4 with its last entry, so thresholds are computed 4 at a time. */
+struct search_mids {
+    double m[TQ_MAX_BITS][TQ_MAX_LEVELS / 2];
+};
+
+INLINE int level_width(int L) { return (1 << L) < 4 ? 4 : 1 << L; }
+
+INLINE struct search_mids search_mids_of(int bits, const struct tq_codebook *cb)
+{
+    struct search_mids sm;
+    const int nlev = 1 << bits;
+    for (int L = 0; L < bits; L++) {
+        const int s = nlev >> (L + 1);
+        const int count = 1 << L;
+        for (int j = 0; j < level_width(L); j++) {
+            const int jj = j < count ? j : count - 1;
+            sm.m[L][j] = cb->mid[jj * 2 * s + s - 1];
+        }
+    }
+    return sm;
+}
+
+INLINE __m128 next_up4(__m128 t)
+{
+    const __m128i b = _mm_castps_si128(t);
+    const __m128i step = _mm_or_si128(_mm_srai_epi32(b, 31), _mm_set1_epi32(1));
+    const __m128 up = _mm_castsi128_ps(_mm_add_epi32(b, step));
+    const __m128 zero_up = _mm_castsi128_ps(_mm_set1_epi32(1));
+    return _mm_blendv_ps(up, zero_up, _mm_cmpeq_ps(t, _mm_setzero_ps()));
+}
+
+INLINE __m128 next_down4(__m128 t)
+{
+    const __m128i b = _mm_castps_si128(t);
+    const __m128i step = _mm_or_si128(_mm_srai_epi32(b, 31), _mm_set1_epi32(1));
+    const __m128 down = _mm_castsi128_ps(_mm_sub_epi32(b, step));
+    const __m128 zero_down = _mm_castsi128_ps(_mm_set1_epi32((int)0x80000001u));
+    return _mm_blendv_ps(down, zero_down, _mm_cmpeq_ps(t, _mm_setzero_ps()));
+}
+
+/* (double)t * inv >= m, per lane, for t already widened. */
+INLINE __m256d qualifies(__m256d t, __m256d inv, __m256d m)
+{
+    return _mm256_cmp_pd(_mm256_mul_pd(t, inv), m, _CMP_GE_OQ);
+}
+
+/* tq_float_threshold for 4 midpoints at once. The rounded guess t0 = (float)(m * gamma) is
+ * within an ulp of the answer, so the answer is the first of prev(t0), t0, next(t0) that
+ * qualifies; a lane where that cannot be read off (next to the float range's ends) takes
+ * the scalar search. Candidates are blended as doubles, which hold floats exactly. */
+INLINE __m128 thresholds4(const double *mid, __m256d gamma, __m256d inv, double gamma1,
+                          double inv1)
+{
+    const __m256d m = _mm256_loadu_pd(mid);
+    const __m256d big = _mm256_set1_pd(3.40282346638528859812e+38);
+    __m256d g = _mm256_mul_pd(m, gamma);
+    g = _mm256_max_pd(_mm256_min_pd(g, big), _mm256_sub_pd(_mm256_setzero_pd(), big));
+    const __m128 c1 = _mm256_cvtpd_ps(g);
+    const __m128 c0 = next_down4(c1);
+    const __m256d below = _mm256_cvtps_pd(next_down4(c0));
+    const __m256d d0 = _mm256_cvtps_pd(c0);
+    const __m256d d1 = _mm256_cvtps_pd(c1);
+    const __m256d d2 = _mm256_cvtps_pd(next_up4(c1));
+    const __m256d p0 = qualifies(d0, inv, m);
+    const __m256d p1 = qualifies(d1, inv, m);
+    const int unsure = _mm256_movemask_pd(qualifies(below, inv, m)) |
+                       (~_mm256_movemask_pd(qualifies(d2, inv, m)) & 0xF);
+    __m128 t = _mm256_cvtpd_ps(_mm256_blendv_pd(_mm256_blendv_pd(d2, d1, p1), d0, p0));
+    if (unsure != 0) {
+        float lanes[4];
+        _mm_storeu_ps(lanes, t);
+        for (int l = 0; l < 4; l++) {
+            if (unsure & (1 << l)) {
+                lanes[l] = tq_float_threshold(mid[l], gamma1, inv1);
+            }
+        }
+        t = _mm_loadu_ps(lanes);
+    }
+    return t;
+}
+
+/* What the index pass of one block needs: its search thresholds, or that it is special. */
+struct block_plan {
+    enum { PLAN_NORMAL, PLAN_ZERO, PLAN_NAN } kind;
+    struct lut step[TQ_MAX_BITS];
+};
+
+/* Sum-of-squares norms of `count` consecutive blocks. The blocks' accumulation chains are
+ * interleaved: each chain is a strict sequence of dependent adds (the contract fixes the
+ * order), so one block alone would leave the core waiting on add latency. */
+INLINE void block_norms(int n, const float *y, int count, double *gamma)
+{
+    __m256d lo[4];
+    __m256d hi[4];
+    for (int b = 0; b < count; b++) {
+        lo[b] = _mm256_setzero_pd();
+        hi[b] = _mm256_setzero_pd();
+    }
+    for (int i = 0; i < n; i += 8) {
+        for (int b = 0; b < count; b++) {
+            const __m256 v = _mm256_loadu_ps(y + b * n + i);
+            const __m256d x0 = lo_pd(v);
+            const __m256d x1 = hi_pd(v);
+            lo[b] = _mm256_add_pd(lo[b], _mm256_mul_pd(x0, x0));
+            hi[b] = _mm256_add_pd(hi[b], _mm256_mul_pd(x1, x1));
+        }
+    }
+    for (int b = 0; b < count; b++) {
+        gamma[b] = sqrt(lane8_total(lo[b], hi[b]));
+    }
+}
+
+INLINE void plan_block(int bits, const struct search_mids *sm, double gamma,
+                       struct block_plan *plan)
+{
+    if (!isfinite(gamma)) {
+        plan->kind = PLAN_NAN;
+        return;
+    }
+    if (gamma == 0.0) {
+        plan->kind = PLAN_ZERO;
+        return;
+    }
+    plan->kind = PLAN_NORMAL;
+    const double inv = 1.0 / gamma;
+    const __m256d gamma4 = _mm256_set1_pd(gamma);
+    const __m256d inv4 = _mm256_set1_pd(inv);
+    for (int L = 0; L < bits; L++) {
+        float t[TQ_MAX_LEVELS / 2];
+        for (int j = 0; j < level_width(L); j += 4) {
+            _mm_storeu_ps(t + j, thresholds4(sm->m[L] + j, gamma4, inv4, gamma, inv));
+        }
+        /* Levels below 8 entries only ever permute lanes 0..3. */
+        plan->step[L].r[0] = L < 3 ? _mm256_castps128_ps256(_mm_loadu_ps(t)) : _mm256_loadu_ps(t);
+        if (L == 4) {
+            plan->step[L].r[1] = _mm256_loadu_ps(t + 8);
+        }
+    }
+}
+
+INLINE void encode_block(int bits, int n, const struct block_plan *plan, const struct lut *lv,
+                         uint8_t zero_idx, const float *y, uint8_t *blk)
+{
+    const int nlev = 1 << bits;
+    uint8_t *lo = blk + 2;
+    uint8_t *hi = blk + tq_hi_offset(bits, n);
+    const int lo_step = 32 * tq_lo_bits(bits) / 8;
+
+    if (plan->kind != PLAN_NORMAL) {
+        const int zero = plan->kind == PLAN_ZERO;
+        const uint16_t d_bits = zero ? 0 : TQ_D_NAN;
+        const __m256i b = _mm256_set1_epi8((char)(zero ? zero_idx : 0));
+        blk[0] = (uint8_t)(d_bits & 0xFF);
+        blk[1] = (uint8_t)(d_bits >> 8);
+        for (int g = 0; g < n / 32; g++) {
+            pack32(bits, b, lo + g * lo_step, hi + g * 4);
+        }
+        return;
+    }
+
+    __m256d p_lo = _mm256_setzero_pd();
+    __m256d p_hi = _mm256_setzero_pd();
+    __m256d q_lo = _mm256_setzero_pd();
+    __m256d q_hi = _mm256_setzero_pd();
+    for (int g = 0; g < n / 32; g++) {
+        __m256i idx[4];
+        for (int r = 0; r < 4; r++) {
+            const __m256 v = _mm256_loadu_ps(y + 32 * g + 8 * r);
+            __m256i k = _mm256_setzero_si256();
+            for (int L = 0; L < bits; L++) {
+                const __m256i j = _mm256_srli_epi32(k, bits - L);
+                const __m256 t = lut_get(&plan->step[L], 1 << L, j);
+                const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_GE_OQ));
+                k = _mm256_add_epi32(k, _mm256_and_si256(ge, _mm256_set1_epi32(nlev >> (L + 1))));
+            }
+            idx[r] = k;
+            const __m256 c = lut_get(lv, nlev, k);
+            const __m256d c0 = lo_pd(c);
+            const __m256d c1 = hi_pd(c);
+            p_lo = _mm256_add_pd(p_lo, _mm256_mul_pd(lo_pd(v), c0));
+            p_hi = _mm256_add_pd(p_hi, _mm256_mul_pd(hi_pd(v), c1));
+            q_lo = _mm256_add_pd(q_lo, _mm256_mul_pd(c0, c0));
+            q_hi = _mm256_add_pd(q_hi, _mm256_mul_pd(c1, c1));
+        }
+        pack32(bits, bytes_of(idx[0], idx[1], idx[2], idx[3]), lo + g * lo_step, hi + g * 4);
+    }
+    const double P = lane8_total(p_lo, p_hi);
+    const double Q = lane8_total(q_lo, q_hi);
+    const uint16_t d_bits = tq_fp16_from_float((float)(Q == 0.0 ? 0.0 : P / Q));
+    blk[0] = (uint8_t)(d_bits & 0xFF);
+    blk[1] = (uint8_t)(d_bits >> 8);
+}
+
+/* Blocks go through in batches: norms of the whole batch, then its thresholds (independent
+ * latency-bound chains, so they overlap), then the throughput-bound index passes. */
+#define BATCH 4
+
+INLINE void quantize_batch(int bits, int n, int count, const struct search_mids *sm,
+                           const struct lut *lv, uint8_t zero_idx, const float *y,
+                           uint8_t *dst, size_t nbytes)
+{
+    double gamma[BATCH];
+    struct block_plan plan[BATCH];
+    block_norms(n, y, count, gamma);
+    for (int b = 0; b < count; b++) {
+        plan_block(bits, sm, gamma[b], &plan[b]);
+    }
+    for (int b = 0; b < count; b++) {
+        encode_block(bits, n, &plan[b], lv, zero_idx, y + b * n, dst + (size_t)b * nbytes);
+    }
+}
+
+INLINE void quantize_blocks(int bits, const struct tq_codebook *cb, const float *y,
+                            uint8_t *dst, int64_t nblocks)
+{
+    const int n = cb->n;
+    const size_t nbytes = tq_block_bytes(bits, n);
+    const struct lut lv = lut_load(cb->levels, cb->nlev);
+    const struct search_mids sm = search_mids_of(bits, cb);
+    uint8_t zero_idx = 0;
+    for (int m = 0; m < cb->nlev - 1; m++) {
+        zero_idx = (uint8_t)(zero_idx + (0.0 >= cb->mid[m]));
+    }
+    int64_t b = 0;
+    for (; b + BATCH <= nblocks; b += BATCH) {
+        quantize_batch(bits, n, BATCH, &sm, &lv, zero_idx, y + b * n, dst + (size_t)b * nbytes,
+                       nbytes);
+    }
+    for (; b < nblocks; b++) {
+        quantize_batch(bits, n, 1, &sm, &lv, zero_idx, y + b * n, dst + (size_t)b * nbytes,
+                       nbytes);
+    }
+}
+
+void tq_quantize_blocks_avx2(const struct tq_codebook *cb, const float *y, uint8_t *dst,
+                             int64_t nblocks)
+{
+    switch (cb->bits) {
+    case 2: quantize_blocks(2, cb, y, dst, nblocks); break;
+    case 3: quantize_blocks(3, cb, y, dst, nblocks); break;
+    case 4: quantize_blocks(4, cb, y, dst, nblocks); break;
+    default: quantize_blocks(5, cb, y, dst, nblocks); break;
+    }
+}
+
+/* Indices of values 8g .. 8g+7 as 32-bit lanes. Loads only the bytes that hold them, so the
+ * last group of the last block never reads past the row. */
+INLINE __m256i indices8(int bits, int n, const uint8_t *blk, int g)
+{
+    __m256i k;
+    if (tq_lo_bits(bits) == 4) {
+        uint32_t w;
+        memcpy(&w, blk + 2 + 4 * g, sizeof w);
+        const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        k = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts);
+        k = _mm256_and_si256(k, _mm256_set1_epi32(0x0F));
+    } else {
+        uint16_t w;
+        memcpy(&w, blk + 2 + 2 * g, sizeof w);
+        k = _mm256_srlv_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+        k = _mm256_and_si256(k, _mm256_set1_epi32(0x03));
+    }
+    if (bits == 3 || bits == 5) {
+        const __m256i h = _mm256_srlv_epi32(_mm256_set1_epi32(blk[tq_hi_offset(bits, n) + g]),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        k = _mm256_or_si256(k, _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(1)),
+                                                 tq_lo_bits(bits)));
+    }
+    return k;
+}
+
+INLINE void dequantize_blocks(int bits, const struct tq_codebook *cb, const uint8_t *src,
+                              float *y, int64_t nblocks)
+{
+    const int n = cb->n;
+    const int nlev = 1 << bits;
+    const size_t nbytes = tq_block_bytes(bits, n);
+    const struct lut lv = lut_load(cb->levels, nlev);
+
+    for (int64_t b = 0; b < nblocks; b++) {
+        const uint8_t *blk = src + (size_t)b * nbytes;
+        /* d * C[k] for every level once per block: the same float multiply as the scalar
+         * path, so decoding becomes a table lookup. */
+        const __m256 d = _mm256_set1_ps(tq_fp16_to_float((uint16_t)(blk[0] | blk[1] << 8)));
+        struct lut scaled;
+        for (int r = 0; r < TQ_MAX_LEVELS / 8; r++) {
+            scaled.r[r] = _mm256_mul_ps(d, lv.r[r]);
+        }
+        for (int g = 0; g < n / 8; g++) {
+            _mm256_storeu_ps(y + b * n + 8 * g, lut_get(&scaled, nlev, indices8(bits, n, blk, g)));
+        }
+    }
+}
+
+void tq_dequantize_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src, float *y,
+                               int64_t nblocks)
+{
+    switch (cb->bits) {
+    case 2: dequantize_blocks(2, cb, src, y, nblocks); break;
+    case 3: dequantize_blocks(3, cb, src, y, nblocks); break;
+    case 4: dequantize_blocks(4, cb, src, y, nblocks); break;
+    default: dequantize_blocks(5, cb, src, y, nblocks); break;
+    }
+}
+
+/* One butterfly level inside each register: even partners get a + b, odd ones a - b, with
+ * `swapped` holding each element's partner. */
+INLINE __m256 butterfly_in(__m256 v, __m256 swapped, int odd_mask)
+{
+    return _mm256_blend_ps(_mm256_add_ps(v, swapped), _mm256_sub_ps(swapped, v), odd_mask);
+}
+
+INLINE void rotate_block(int n, float *x, const float *first, const float *second, __m256 scale)
+{
+    __m256 v[TQ_MAX_BLOCK / 8];
+    const int regs = n / 8;
+    for (int r = 0; r < regs; r++) {
+        v[r] = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * r), _mm256_loadu_ps(first + 8 * r));
+        v[r] = butterfly_in(v[r], _mm256_permute_ps(v[r], 0xB1), 0xAA);
+        v[r] = butterfly_in(v[r], _mm256_permute_ps(v[r], 0x4E), 0xCC);
+        v[r] = butterfly_in(v[r], _mm256_permute2f128_ps(v[r], v[r], 0x01), 0xF0);
+    }
+    for (int h = 1; h < regs; h *= 2) {
+        for (int r = 0; r < regs; r++) {
+            if (r & h) {
+                continue;
+            }
+            const __m256 a = v[r];
+            const __m256 b = v[r + h];
+            v[r] = _mm256_add_ps(a, b);
+            v[r + h] = _mm256_sub_ps(a, b);
+        }
+    }
+    for (int r = 0; r < regs; r++) {
+        const __m256 scaled = _mm256_mul_ps(v[r], scale);
+        _mm256_storeu_ps(x + 8 * r, _mm256_mul_ps(scaled, _mm256_loadu_ps(second + 8 * r)));
+    }
+}
+
+void tq_rotate_blocks_avx2(int n, float *x, int64_t nblocks, int inverse)
+{
+    const float *first = inverse ? tq_sign2 : tq_sign1;
+    const float *second = inverse ? tq_sign1 : tq_sign2;
+    const __m256 scale = _mm256_set1_ps((float)(1.0 / sqrt((double)n)));
+    for (int64_t b = 0; b < nblocks; b++) {
+        rotate_block(n, x + b * n, first, second, scale);
+    }
+}

@@ -1,0 +1,143 @@
+/* Public entry points: validate (bits, n, k) once, then run the scalar or SIMD path. */
+#include "tq_internal.h"
+
+typedef void (*quantize_fn)(const struct tq_codebook *, const float *, uint8_t *, int64_t);
+typedef void (*dequantize_fn)(const struct tq_codebook *, const uint8_t *, float *, int64_t);
+typedef void (*rotate_fn)(int, float *, int64_t, int);
+
+struct simd_path {
+    const char *name;
+    quantize_fn quantize;
+    dequantize_fn dequantize;
+    rotate_fn rotate;
+};
+
+static const struct simd_path scalar_path = {
+    "scalar", tq_quantize_blocks_scalar, tq_dequantize_blocks_scalar, tq_rotate_blocks_scalar};
+
+/* Chosen on every call rather than cached: the check is a load and a test, and a cache would
+ * be mutable global state shared by threads. */
+static const struct simd_path *simd(void)
+{
+#if defined(TQ_HAVE_AVX2)
+    static const struct simd_path avx2 = {
+        "avx2", tq_quantize_blocks_avx2, tq_dequantize_blocks_avx2, tq_rotate_blocks_avx2};
+    if (__builtin_cpu_supports("avx2")) {
+        return &avx2;
+    }
+#endif
+    return &scalar_path;
+}
+
+size_t tq_block_bytes(int bits, int n)
+{
+    if (tq_codebook_get(bits, n) == NULL) {
+        return 0;
+    }
+    return 2 + (size_t)(n * bits / 8);
+}
+
+const char *tq_simd_path(void) { return simd()->name; }
+
+static int check_row(int bits, int n, int64_t k, const struct tq_codebook **cb)
+{
+    *cb = tq_codebook_get(bits, n);
+    if (*cb == NULL) {
+        return TQ_ERR_FORMAT;
+    }
+    if (k < 0 || k % n != 0) {
+        return TQ_ERR_LENGTH;
+    }
+    return TQ_OK;
+}
+
+static int quantize(const struct simd_path *path, int bits, int n, const float *y, void *dst,
+                    int64_t k)
+{
+    const struct tq_codebook *cb;
+    const int rc = check_row(bits, n, k, &cb);
+    if (rc == TQ_OK) {
+        path->quantize(cb, y, dst, k / n);
+    }
+    return rc;
+}
+
+static int dequantize(const struct simd_path *path, int bits, int n, const void *src, float *y,
+                      int64_t k)
+{
+    const struct tq_codebook *cb;
+    const int rc = check_row(bits, n, k, &cb);
+    if (rc == TQ_OK) {
+        path->dequantize(cb, src, y, k / n);
+    }
+    return rc;
+}
+
+static int rotate(const struct simd_path *path, int n, float *x, int64_t k, int inverse)
+{
+    if (n != 64 && n != 128) {
+        return TQ_ERR_FORMAT;
+    }
+    if (k < 0 || k % n != 0) {
+        return TQ_ERR_LENGTH;
+    }
+    path->rotate(n, x, k / n, inverse);
+    return TQ_OK;
+}
+
+int tq_quantize_row(int bits, int n, const float *y, void *dst, int64_t k)
+{
+    return quantize(simd(), bits, n, y, dst, k);
+}
+
+int tq_quantize_row_scalar(int bits, int n, const float *y, void *dst, int64_t k)
+{
+    return quantize(&scalar_path, bits, n, y, dst, k);
+}
+
+int tq_quantize_row_simd(int bits, int n, const float *y, void *dst, int64_t k)
+{
+    return quantize(simd(), bits, n, y, dst, k);
+}
+
+int tq_dequantize_row(int bits, int n, const void *src, float *y, int64_t k)
+{
+    return dequantize(simd(), bits, n, src, y, k);
+}
+
+int tq_dequantize_row_scalar(int bits, int n, const void *src, float *y, int64_t k)
+{
+    return dequantize(&scalar_path, bits, n, src, y, k);
+}
+
+int tq_dequantize_row_simd(int bits, int n, const void *src, float *y, int64_t k)
+{
+    return dequantize(simd(), bits, n, src, y, k);
+}
+
+int tq_rotate_forward(int n, float *x, int64_t k) { return rotate(simd(), n, x, k, 0); }
+int tq_rotate_inverse(int n, float *x, int64_t k) { return rotate(simd(), n, x, k, 1); }
+int tq_rotate_forward_simd(int n, float *x, int64_t k) { return rotate(simd(), n, x, k, 0); }
+int tq_rotate_inverse_simd(int n, float *x, int64_t k) { return rotate(simd(), n, x, k, 1); }
+
+int tq_rotate_forward_scalar(int n, float *x, int64_t k)
+{
+    return rotate(&scalar_path, n, x, k, 0);
+}
+
+int tq_rotate_inverse_scalar(int n, float *x, int64_t k)
+{
+    return rotate(&scalar_path, n, x, k, 1);
+}
+
+const float *tq_levels(int bits, int n)
+{
+    const struct tq_codebook *cb = tq_codebook_get(bits, n);
+    return cb == NULL ? NULL : cb->levels;
+}
+
+const double *tq_midpoints(int bits, int n)
+{
+    const struct tq_codebook *cb = tq_codebook_get(bits, n);
+    return cb == NULL ? NULL : cb->mid;
+}

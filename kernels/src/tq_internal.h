@@ -1,0 +1,116 @@
+/* Internal interface between the dispatcher and the scalar / SIMD paths. */
+#ifndef TQ_INTERNAL_H
+#define TQ_INTERNAL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "turboquant.h"
+
+#define TQ_MAX_LEVELS (1 << TQ_MAX_BITS)
+
+struct tq_codebook {
+    int bits;
+    int n;
+    int nlev;            /* 2^bits */
+    const float *levels; /* nlev float32 levels, ascending */
+    const double *mid;   /* nlev - 1 decision midpoints, ascending */
+};
+
+/* NULL for an unsupported (bits, n) pair. */
+const struct tq_codebook *tq_codebook_get(int bits, int n);
+
+/* D1 and D2 of the rotation; n = 64 uses the first 64 entries. */
+extern const float *const tq_sign1;
+extern const float *const tq_sign2;
+
+/* fp16 bit pattern of the scale of a block with a non-finite value. */
+#define TQ_D_NAN 0x7E00u
+
+static inline uint32_t tq_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float tq_f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Byte offsets inside a block: the scale, then the low plane, then the high-bit plane (for
+ * 3 and 5 bits). */
+static inline int tq_lo_bits(int bits) { return bits == 3 ? 2 : bits == 5 ? 4 : bits; }
+static inline size_t tq_hi_offset(int bits, int n)
+{
+    return 2 + (size_t)(n * tq_lo_bits(bits) / 8);
+}
+
+/*
+ * Each path processes whole, validated blocks: cb is valid, nblocks >= 0. Scratch lives on
+ * the stack (at most TQ_MAX_BLOCK bytes), never on the heap.
+ */
+void tq_quantize_blocks_scalar(const struct tq_codebook *cb, const float *y, uint8_t *dst,
+                               int64_t nblocks);
+void tq_dequantize_blocks_scalar(const struct tq_codebook *cb, const uint8_t *src, float *y,
+                                 int64_t nblocks);
+void tq_rotate_blocks_scalar(int n, float *x, int64_t nblocks, int inverse);
+
+#if defined(TQ_HAVE_AVX2)
+void tq_quantize_blocks_avx2(const struct tq_codebook *cb, const float *y, uint8_t *dst,
+                             int64_t nblocks);
+void tq_dequantize_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src, float *y,
+                               int64_t nblocks);
+void tq_rotate_blocks_avx2(int n, float *x, int64_t nblocks, int inverse);
+#endif
+
+static inline float tq_next_up(float t)
+{
+    if (t == 0.0f) {
+        return tq_f32_from_bits(1u);
+    }
+    const uint32_t b = tq_f32_bits(t);
+    return tq_f32_from_bits((b >> 31) ? b - 1u : b + 1u);
+}
+
+/*
+ * Smallest float t with (double)t * inv >= m: the quantizer's decision on u = y * inv moved
+ * into the float domain of y, so SIMD paths compare floats instead of computing u in double.
+ * Exact because fl64(t * inv) is monotone in t, and -0.0 and +0.0 fall on the same side.
+ * Returns -INF when every finite float qualifies, +INF when none does. The first guess is
+ * within an ulp or two, so each loop runs once or twice.
+ */
+static inline float tq_float_threshold(double m, double gamma, double inv)
+{
+    const float fmax = 3.40282346638528859812e+38f;
+    const float inf = tq_f32_from_bits(0x7F800000u);
+    const double g = m * gamma;
+    float t = g >= fmax ? fmax : g <= -fmax ? -fmax : (float)g;
+
+    if ((double)t * inv >= m) {
+        for (;;) {
+            if (t == -fmax) {
+                return -inf;
+            }
+            const float below = -tq_next_up(-t);
+            if (!((double)below * inv >= m)) {
+                return t;
+            }
+            t = below;
+        }
+    }
+    for (;;) {
+        if (t == fmax) {
+            return inf;
+        }
+        t = tq_next_up(t);
+        if ((double)t * inv >= m) {
+            return t;
+        }
+    }
+}
+
+#endif /* TQ_INTERNAL_H */

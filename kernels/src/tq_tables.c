@@ -1,0 +1,25 @@
+/* The one translation unit that includes the generated tables (reference/gen_tables.py). */
+#include <stddef.h>
+
+#include "tq_internal.h"
+#include "turboquant_tables.h"
+
+#define TQ_CB(B, N) {B, N, 1 << (B), tq_levels_b##B##_n##N, tq_mid_b##B##_n##N}
+
+static const struct tq_codebook codebooks[] = {
+    TQ_CB(2, 64),  TQ_CB(3, 64),  TQ_CB(4, 64),  TQ_CB(5, 64),
+    TQ_CB(2, 128), TQ_CB(3, 128), TQ_CB(4, 128), TQ_CB(5, 128),
+};
+
+const struct tq_codebook *tq_codebook_get(int bits, int n)
+{
+    for (size_t i = 0; i < sizeof codebooks / sizeof codebooks[0]; i++) {
+        if (codebooks[i].bits == bits && codebooks[i].n == n) {
+            return &codebooks[i];
+        }
+    }
+    return NULL;
+}
+
+const float *const tq_sign1 = tq_sign1_n128;
+const float *const tq_sign2 = tq_sign2_n128;
