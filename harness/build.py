@@ -93,7 +93,7 @@ def build_dir(paths: Paths, options: BuildOptions) -> Path:
 def _tree_digest(root: Path, patterns: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for pattern in patterns:
-        for f in sorted(root.rglob(pattern)):
+        for f in sorted(p for p in root.rglob(pattern) if p.is_file()):
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
