@@ -89,7 +89,7 @@ TQ_API const double *tq_midpoints(int bits, int n);
 TQ_API uint16_t tq_fp16_from_float(float f);
 TQ_API float tq_fp16_to_float(uint16_t h);
 
-/* Name of the path the dispatching functions use: "avx2" or "scalar". */
+/* Name of the path the dispatching functions use: "avx2", "neon" or "scalar". */
 TQ_API const char *tq_simd_path(void);
 
 #ifdef __cplusplus

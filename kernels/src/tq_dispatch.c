@@ -25,6 +25,10 @@ static const struct simd_path *simd(void)
     if (__builtin_cpu_supports("avx2")) {
         return &avx2;
     }
+#elif defined(TQ_HAVE_NEON)
+    static const struct simd_path neon = {
+        "neon", tq_quantize_blocks_neon, tq_dequantize_blocks_neon, tq_rotate_blocks_neon};
+    return &neon;
 #endif
     return &scalar_path;
 }

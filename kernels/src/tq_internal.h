@@ -49,6 +49,9 @@ static inline size_t tq_hi_offset(int bits, int n)
     return 2 + (size_t)(n * tq_lo_bits(bits) / 8);
 }
 
+/* One index byte per value into the block's planes (after its 2 scale bytes). */
+void tq_pack_indices(int bits, int n, const uint8_t *idx, uint8_t *blk);
+
 /*
  * Each path processes whole, validated blocks: cb is valid, nblocks >= 0. Scratch lives on
  * the stack (at most TQ_MAX_BLOCK bytes), never on the heap.
@@ -65,6 +68,14 @@ void tq_quantize_blocks_avx2(const struct tq_codebook *cb, const float *y, uint8
 void tq_dequantize_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src, float *y,
                                int64_t nblocks);
 void tq_rotate_blocks_avx2(int n, float *x, int64_t nblocks, int inverse);
+#endif
+
+#if defined(TQ_HAVE_NEON)
+void tq_quantize_blocks_neon(const struct tq_codebook *cb, const float *y, uint8_t *dst,
+                             int64_t nblocks);
+void tq_dequantize_blocks_neon(const struct tq_codebook *cb, const uint8_t *src, float *y,
+                               int64_t nblocks);
+void tq_rotate_blocks_neon(int n, float *x, int64_t nblocks, int inverse);
 #endif
 
 static inline float tq_next_up(float t)

@@ -70,7 +70,7 @@ static double lane8_total(const double acc[8])
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
-static void pack_indices(int bits, int n, const uint8_t *idx, uint8_t *blk)
+void tq_pack_indices(int bits, int n, const uint8_t *idx, uint8_t *blk)
 {
     uint8_t *lo = blk + 2;
     uint8_t *hi = blk + tq_hi_offset(bits, n);
@@ -143,7 +143,7 @@ static void quantize_block(const struct tq_codebook *cb, const float *y, uint8_t
     }
     blk[0] = (uint8_t)(d_bits & 0xFF);
     blk[1] = (uint8_t)(d_bits >> 8);
-    pack_indices(cb->bits, n, idx, blk);
+    tq_pack_indices(cb->bits, n, idx, blk);
 }
 
 void tq_quantize_blocks_scalar(const struct tq_codebook *cb, const float *y, uint8_t *dst,
