@@ -10,6 +10,9 @@
 #include "tq_internal.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* The per-level loops run 2..5 times with the bit width known at compile time; unrolled,
+ * their shift counts and constants become immediates (GCC's -O2 would keep the loop). */
+#define UNROLL _Pragma("GCC unroll 8")
 
 /* The codebook as 8-wide registers, looked up with permutes (4, 8, 16 or 32 entries). */
 struct lut {
@@ -93,30 +96,6 @@ INLINE void pack32(int bits, __m256i b, uint8_t *lo, uint8_t *hi)
     }
 }
 
-/* Midpoints in binary-search order: level L (s = nlev >> (L+1)) compares against
- * mid[j * 2s + s - 1] with j = (index so far) >> (bits - L). Each level is padded to a
- * multiple of 4 with its last entry, so thresholds are computed 4 at a time. */
-struct search_mids {
-    double m[TQ_MAX_BITS][TQ_MAX_LEVELS / 2];
-};
-
-INLINE int level_width(int L) { return (1 << L) < 4 ? 4 : 1 << L; }
-
-INLINE struct search_mids search_mids_of(int bits, const struct tq_codebook *cb)
-{
-    struct search_mids sm;
-    const int nlev = 1 << bits;
-    for (int L = 0; L < bits; L++) {
-        const int s = nlev >> (L + 1);
-        const int count = 1 << L;
-        for (int j = 0; j < level_width(L); j++) {
-            const int jj = j < count ? j : count - 1;
-            sm.m[L][j] = cb->mid[jj * 2 * s + s - 1];
-        }
-    }
-    return sm;
-}
-
 INLINE __m128 next_up4(__m128 t)
 {
     const __m128i b = _mm_castps_si128(t);
@@ -176,9 +155,41 @@ INLINE __m128 thresholds4(const double *mid, __m256d gamma, __m256d inv, double 
     return t;
 }
 
-/* What the index pass of one block needs: its search thresholds, or that it is special. */
+/* The codebook as the quantizer reads it: midpoints padded to a multiple of 4 with copies
+ * of the last one, in natural order for counting and, for 5 bits, in binary-search order:
+ * level L (s = 16 >> L) compares with mid[j * 2s + s - 1], j = (index so far) >> (5 - L). */
+struct quant_tables {
+    struct lut levels;
+    uint8_t zero_idx;
+    double mid[TQ_MAX_LEVELS];
+    double search[TQ_MAX_BITS][TQ_MAX_LEVELS / 2];
+};
+
+INLINE int search_width(int L) { return (1 << L) < 4 ? 4 : 1 << L; }
+
+INLINE void quant_tables_init(int bits, const struct tq_codebook *cb, struct quant_tables *qt)
+{
+    const int nlev = 1 << bits;
+    qt->levels = lut_load(cb->levels, nlev);
+    qt->zero_idx = 0;
+    for (int m = 0; m < TQ_MAX_LEVELS; m++) {
+        qt->mid[m] = cb->mid[m < nlev - 1 ? m : nlev - 2];
+        qt->zero_idx = (uint8_t)(qt->zero_idx + (m < nlev - 1 && 0.0 >= cb->mid[m]));
+    }
+    for (int L = 0; L < bits; L++) {
+        const int s = nlev >> (L + 1);
+        for (int j = 0; j < search_width(L); j++) {
+            const int jj = j < (1 << L) ? j : (1 << L) - 1;
+            qt->search[L][j] = cb->mid[jj * 2 * s + s - 1];
+        }
+    }
+}
+
+/* What the index pass of one block needs: its thresholds (for 5 bits as binary-search
+ * tables), or that the block is special. */
 struct block_plan {
     enum { PLAN_NORMAL, PLAN_ZERO, PLAN_NAN } kind;
+    float thr[TQ_MAX_LEVELS];
     struct lut step[TQ_MAX_BITS];
 };
 
@@ -194,7 +205,7 @@ INLINE void block_norms(int n, const float *y, int count, double *gamma)
         hi[b] = _mm256_setzero_pd();
     }
     for (int i = 0; i < n; i += 8) {
-        for (int b = 0; b < count; b++) {
+        UNROLL for (int b = 0; b < count; b++) {
             const __m256 v = _mm256_loadu_ps(y + b * n + i);
             const __m256d x0 = lo_pd(v);
             const __m256d x1 = hi_pd(v);
@@ -207,7 +218,7 @@ INLINE void block_norms(int n, const float *y, int count, double *gamma)
     }
 }
 
-INLINE void plan_block(int bits, const struct search_mids *sm, double gamma,
+INLINE void plan_block(int bits, const struct quant_tables *qt, double gamma,
                        struct block_plan *plan)
 {
     if (!isfinite(gamma)) {
@@ -219,13 +230,20 @@ INLINE void plan_block(int bits, const struct search_mids *sm, double gamma,
         return;
     }
     plan->kind = PLAN_NORMAL;
+    const int nlev = 1 << bits;
     const double inv = 1.0 / gamma;
     const __m256d gamma4 = _mm256_set1_pd(gamma);
     const __m256d inv4 = _mm256_set1_pd(inv);
-    for (int L = 0; L < bits; L++) {
+    if (bits < 5) {
+        UNROLL for (int m = 0; m < nlev - 1; m += 4) {
+            _mm_storeu_ps(plan->thr + m, thresholds4(qt->mid + m, gamma4, inv4, gamma, inv));
+        }
+        return;
+    }
+    UNROLL for (int L = 0; L < bits; L++) {
         float t[TQ_MAX_LEVELS / 2];
-        for (int j = 0; j < level_width(L); j += 4) {
-            _mm_storeu_ps(t + j, thresholds4(sm->m[L] + j, gamma4, inv4, gamma, inv));
+        for (int j = 0; j < search_width(L); j += 4) {
+            _mm_storeu_ps(t + j, thresholds4(qt->search[L] + j, gamma4, inv4, gamma, inv));
         }
         /* Levels below 8 entries only ever permute lanes 0..3. */
         plan->step[L].r[0] = L < 3 ? _mm256_castps128_ps256(_mm_loadu_ps(t)) : _mm256_loadu_ps(t);
@@ -235,8 +253,51 @@ INLINE void plan_block(int bits, const struct search_mids *sm, double gamma,
     }
 }
 
-INLINE void encode_block(int bits, int n, const struct block_plan *plan, const struct lut *lv,
-                         uint8_t zero_idx, const float *y, uint8_t *blk)
+/* Index of each of 8 values: how many thresholds it reaches. Up to 4 bits the thresholds
+ * are counted one by one (4 bits: within the half the first compare picks), which keeps
+ * the compares independent; 5 bits searches binary, 5 dependent levels instead of 31. */
+INLINE __m256i index8(int bits, const struct block_plan *plan, __m256 v)
+{
+    const int nlev = 1 << bits;
+    __m256i k = _mm256_setzero_si256();
+    __m256i k2 = _mm256_setzero_si256();
+    if (bits <= 3) {
+        UNROLL for (int m = 0; m < nlev - 1; m++) {
+            const __m256 t = _mm256_broadcast_ss(plan->thr + m);
+            const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_GE_OQ));
+            /* Two partial counts shorten the chain; an all-ones lane is -1. */
+            if (m & 1) {
+                k2 = _mm256_sub_epi32(k2, ge);
+            } else {
+                k = _mm256_sub_epi32(k, ge);
+            }
+        }
+    } else if (bits == 4) {
+        const __m256 upper = _mm256_cmp_ps(v, _mm256_broadcast_ss(plan->thr + 7), _CMP_GE_OQ);
+        k = _mm256_and_si256(_mm256_castps_si256(upper), _mm256_set1_epi32(8));
+        UNROLL for (int m = 0; m < 7; m++) {
+            const __m256 t = _mm256_blendv_ps(_mm256_broadcast_ss(plan->thr + m),
+                                              _mm256_broadcast_ss(plan->thr + 8 + m), upper);
+            const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_GE_OQ));
+            if (m & 1) {
+                k2 = _mm256_sub_epi32(k2, ge);
+            } else {
+                k = _mm256_sub_epi32(k, ge);
+            }
+        }
+    } else {
+        UNROLL for (int L = 0; L < bits; L++) {
+            const __m256i j = _mm256_srli_epi32(k, bits - L);
+            const __m256 t = lut_get(&plan->step[L], 1 << L, j);
+            const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_GE_OQ));
+            k = _mm256_add_epi32(k, _mm256_and_si256(ge, _mm256_set1_epi32(nlev >> (L + 1))));
+        }
+    }
+    return _mm256_add_epi32(k, k2);
+}
+
+INLINE void encode_block(int bits, int n, const struct block_plan *plan,
+                         const struct quant_tables *qt, const float *y, uint8_t *blk)
 {
     const int nlev = 1 << bits;
     uint8_t *lo = blk + 2;
@@ -246,7 +307,7 @@ INLINE void encode_block(int bits, int n, const struct block_plan *plan, const s
     if (plan->kind != PLAN_NORMAL) {
         const int zero = plan->kind == PLAN_ZERO;
         const uint16_t d_bits = zero ? 0 : TQ_D_NAN;
-        const __m256i b = _mm256_set1_epi8((char)(zero ? zero_idx : 0));
+        const __m256i b = _mm256_set1_epi8((char)(zero ? qt->zero_idx : 0));
         blk[0] = (uint8_t)(d_bits & 0xFF);
         blk[1] = (uint8_t)(d_bits >> 8);
         for (int g = 0; g < n / 32; g++) {
@@ -261,17 +322,11 @@ INLINE void encode_block(int bits, int n, const struct block_plan *plan, const s
     __m256d q_hi = _mm256_setzero_pd();
     for (int g = 0; g < n / 32; g++) {
         __m256i idx[4];
-        for (int r = 0; r < 4; r++) {
+        UNROLL for (int r = 0; r < 4; r++) {
             const __m256 v = _mm256_loadu_ps(y + 32 * g + 8 * r);
-            __m256i k = _mm256_setzero_si256();
-            for (int L = 0; L < bits; L++) {
-                const __m256i j = _mm256_srli_epi32(k, bits - L);
-                const __m256 t = lut_get(&plan->step[L], 1 << L, j);
-                const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_GE_OQ));
-                k = _mm256_add_epi32(k, _mm256_and_si256(ge, _mm256_set1_epi32(nlev >> (L + 1))));
-            }
+            const __m256i k = index8(bits, plan, v);
             idx[r] = k;
-            const __m256 c = lut_get(lv, nlev, k);
+            const __m256 c = lut_get(&qt->levels, nlev, k);
             const __m256d c0 = lo_pd(c);
             const __m256d c1 = hi_pd(c);
             p_lo = _mm256_add_pd(p_lo, _mm256_mul_pd(lo_pd(v), c0));
@@ -292,18 +347,17 @@ INLINE void encode_block(int bits, int n, const struct block_plan *plan, const s
  * latency-bound chains, so they overlap), then the throughput-bound index passes. */
 #define BATCH 4
 
-INLINE void quantize_batch(int bits, int n, int count, const struct search_mids *sm,
-                           const struct lut *lv, uint8_t zero_idx, const float *y,
-                           uint8_t *dst, size_t nbytes)
+INLINE void quantize_batch(int bits, int n, int count, const struct quant_tables *qt,
+                           const float *y, uint8_t *dst, size_t nbytes)
 {
     double gamma[BATCH];
     struct block_plan plan[BATCH];
     block_norms(n, y, count, gamma);
     for (int b = 0; b < count; b++) {
-        plan_block(bits, sm, gamma[b], &plan[b]);
+        plan_block(bits, qt, gamma[b], &plan[b]);
     }
     for (int b = 0; b < count; b++) {
-        encode_block(bits, n, &plan[b], lv, zero_idx, y + b * n, dst + (size_t)b * nbytes);
+        encode_block(bits, n, &plan[b], qt, y + b * n, dst + (size_t)b * nbytes);
     }
 }
 
@@ -312,20 +366,14 @@ INLINE void quantize_blocks(int bits, const struct tq_codebook *cb, const float 
 {
     const int n = cb->n;
     const size_t nbytes = tq_block_bytes(bits, n);
-    const struct lut lv = lut_load(cb->levels, cb->nlev);
-    const struct search_mids sm = search_mids_of(bits, cb);
-    uint8_t zero_idx = 0;
-    for (int m = 0; m < cb->nlev - 1; m++) {
-        zero_idx = (uint8_t)(zero_idx + (0.0 >= cb->mid[m]));
-    }
+    struct quant_tables qt;
+    quant_tables_init(bits, cb, &qt);
     int64_t b = 0;
     for (; b + BATCH <= nblocks; b += BATCH) {
-        quantize_batch(bits, n, BATCH, &sm, &lv, zero_idx, y + b * n, dst + (size_t)b * nbytes,
-                       nbytes);
+        quantize_batch(bits, n, BATCH, &qt, y + b * n, dst + (size_t)b * nbytes, nbytes);
     }
     for (; b < nblocks; b++) {
-        quantize_batch(bits, n, 1, &sm, &lv, zero_idx, y + b * n, dst + (size_t)b * nbytes,
-                       nbytes);
+        quantize_batch(bits, n, 1, &qt, y + b * n, dst + (size_t)b * nbytes, nbytes);
     }
 }
 
