@@ -1,0 +1,224 @@
+"""libturboquant and the Metal shim against the numpy reference, on a reduced vector count.
+
+`nox -s parity` runs the same checks on a million vectors per format; here each format gets
+20,000 random vectors plus the whole adversarial set, so a regression shows up in the tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import platform
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import parity
+from harness.errors import ConfigError, ParityError
+from harness.kernels_build import build_kernels
+from reference import codebook
+from reference import formats as ref
+
+REDUCED_VECTORS = 20_000
+ALL = list(ref.FORMATS.values())
+
+
+@pytest.fixture(scope="module")
+def lib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_kernels(tmp_path_factory.mktemp("kernels-release"))
+
+
+@pytest.fixture(scope="module")
+def kernels(lib_dir: Path) -> parity.Kernels:
+    return parity.Kernels(lib_dir)
+
+
+def test_reduced_parity_is_bit_exact(lib_dir: Path) -> None:
+    rows, results, _ = parity.run_checks(lib_dir, list(parity.generate_cases(REDUCED_VECTORS)))
+    bad = [r.name for r in results if r.mismatched_vectors]
+    assert bad == []
+    by_format = {(r.format, r.block): r for r in rows}
+    for fmt in ALL:
+        row = by_format[fmt.name, fmt.block]
+        assert row.vectors >= REDUCED_VECTORS
+        assert row.max_abs_error == 0.0
+        # The lsq scale never does worse than the true norm the theory assumes.
+        assert row.mse is not None and row.mse < 1.01 * codebook.expected_mse(fmt.bits, fmt.block)
+    assert {r.op for r in results} == {"encode", "decode", "rotate"}
+
+
+def test_simd_path_is_used_where_the_cpu_has_it(kernels: parity.Kernels) -> None:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            has_avx2 = " avx2" in fh.read()
+        assert kernels.simd_path == ("avx2" if has_avx2 else "scalar")
+    elif machine in ("aarch64", "arm64"):
+        assert kernels.simd_path == "neon"
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=[f.name for f in ALL])
+def test_adversarial_set_hits_what_it_claims(fmt: ref.Format) -> None:
+    rows = parity._adversarial_rows(fmt)
+    mids = codebook.midpoints(fmt.bits, fmt.block)
+    # One exact tie (u == m, computed as the contract does) for every nonzero midpoint...
+    assert parity.exact_ties(rows["exact-ties"], fmt) == np.count_nonzero(mids)
+    assert parity.exact_ties(rows["near-ties"], fmt) == 0
+    # ...and scales d inside the narrow windows where fp16 rounding changes its answer.
+    d = parity.scale_of(rows["fp16-edges"], fmt)
+    assert np.any((d > 65519.998) & (d < 65520.0))  # float 65520: would round to Inf
+    assert np.any((d > 65504.0) & (d < 65520.0))  # rounds down to 65504 without saturating
+    assert np.any((d > 2.0**-25) & (d < 2.0**-25 * (1 + 2.0**-20)))  # just over half of 2^-24
+    assert np.any((d < 2.0**-25) & (d > 2.0**-25 * (1 - 2.0**-20)))  # just under: rounds to 0
+    blocks = ref.encode(rows["zeros"], fmt)
+    assert not blocks[:, :2].any()
+
+
+def test_named_case_replays_identical_data() -> None:
+    specs = list(parity.generate_cases(REDUCED_VECTORS))
+    name = specs[5].name
+    chosen = list(parity.select(specs, name))
+    assert [s.name for s in chosen] == [name]
+    a, b = chosen[0].make(), specs[5].make()
+    assert np.array_equal(a.data.view(np.uint32), b.data.view(np.uint32))
+    assert len(list(parity.select(specs, "turbo3/n64/adversarial-*"))) == len(
+        parity.ADVERSARIAL_KINDS
+    )
+
+
+def test_run_parity_prints_the_table_and_writes_json(
+    lib_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "parity.json"
+    parity.run_parity(lib_dir, vectors=2000, filter="turbo3/n128/", json_out=out)
+    printed = capsys.readouterr().out
+    assert "turbo3" in printed and "mismatches" in printed and "theory" in printed
+    report = json.loads(out.read_text())
+    assert report["first_failure"] is None
+    assert {row["format"] for row in report["table"]} == {"turbo3"}
+    assert all(c["name"].startswith("turbo3/n128/") for c in report["cases"])
+
+
+def test_unknown_filter_is_a_config_error(lib_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        parity.run_parity(lib_dir, vectors=100, filter="no-such-case", json_out=tmp_path / "j")
+
+
+@pytest.mark.parametrize("stage", ["encode", "decode"])
+def test_corrupted_expectation_is_caught(
+    lib_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """The check can fail: one flipped bit in the reference's output is reported, by name."""
+    real = getattr(parity.ref, stage)
+
+    def corrupted(data: np.ndarray, fmt: ref.Format) -> np.ndarray:
+        out = real(data, fmt).copy()
+        if stage == "encode":
+            out[3, -1] ^= 0x10
+        else:
+            out.view(np.uint32)[3, 7] ^= 1
+        return out
+
+    monkeypatch.setattr(parity.ref, stage, corrupted)
+    case = "turbo4/n64/gaussian/seed=0/m=500"
+    out = tmp_path / "parity.json"
+    with pytest.raises(ParityError, match=re.escape(case)):
+        parity.run_parity(lib_dir, vectors=2000, filter=case, json_out=out)
+    report = json.loads(out.read_text())
+    assert report["first_failure"] == case
+    (result,) = report["cases"]
+    assert result["first_row"] == 3 and result["mismatched_vectors"] == 1
+    paths = parity.ENCODERS if stage == "encode" else parity.DECODERS
+    assert all(result["mismatches"][f"{p}-{stage}"] == 1 for p in paths)
+
+
+ROW_FUNCTIONS = [
+    ("lib", "tq_quantize_row"),
+    ("lib", "tq_quantize_row_scalar"),
+    ("lib", "tq_quantize_row_simd"),
+    ("lib", "tq_dequantize_row"),
+    ("lib", "tq_dequantize_row_scalar"),
+    ("lib", "tq_dequantize_row_simd"),
+    ("shim", "tq_metal_quantize_row"),
+    ("shim", "tq_metal_dequantize_row"),
+    ("shim", "tq_metal_dequantize_row_elementwise"),
+]
+
+
+@pytest.mark.parametrize(("where", "name"), ROW_FUNCTIONS, ids=[n for _, n in ROW_FUNCTIONS])
+@pytest.mark.parametrize(
+    ("bits", "n", "k", "expected"),
+    [
+        (3, 128, 127, -2),  # not a multiple of the block
+        (3, 128, -128, -2),  # negative
+        (3, 128, 64, -2),  # a 64-block row under the 128-block format
+        (1, 128, 128, -1),  # no 1-bit format
+        (6, 64, 64, -1),
+        (3, 96, 96, -1),  # no 96-value block
+        (3, 0, 0, -1),
+    ],
+)
+def test_bad_rows_are_rejected_without_touching_memory(
+    kernels: parity.Kernels, where: str, name: str, bits: int, n: int, k: int, expected: int
+) -> None:
+    fn = getattr(kernels.lib if where == "lib" else kernels.shim, name)
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    src = np.full(4, 0x5A, np.uint8)
+    dst = np.full(4, 0xA5, np.uint8)
+    assert fn(bits, n, src.ctypes.data, dst.ctypes.data, k) == expected
+    assert np.all(dst == 0xA5) and np.all(src == 0x5A)
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize("path", parity.ROTATORS)
+def test_rotation_rejects_bad_rows(kernels: parity.Kernels, path: str, direction: str) -> None:
+    fn = kernels.rotators[path, direction]
+    x = np.ones(8, np.float32)
+    assert fn(96, x.ctypes.data, 96) == -1
+    assert fn(64, x.ctypes.data, 63) == -2
+    assert np.all(x == 1.0)
+
+
+def test_k_zero_is_a_no_op(kernels: parity.Kernels) -> None:
+    for fn in (*kernels.encoders.values(), *kernels.decoders.values()):
+        assert fn(4, 128, None, None, 0) == 0
+
+
+def test_fp16_conversion_matches_numpy(kernels: parity.Kernels) -> None:
+    """The library's own float <-> fp16 (no F16C): every fp16 pattern widens exactly, and
+    float -> fp16 rounds like numpy except that overflow saturates at 65504."""
+    lib = kernels.lib
+    lib.tq_fp16_to_float.argtypes, lib.tq_fp16_to_float.restype = [ctypes.c_uint16], ctypes.c_float
+    lib.tq_fp16_from_float.argtypes = [ctypes.c_float]
+    lib.tq_fp16_from_float.restype = ctypes.c_uint16
+    every = np.arange(65536, dtype=np.uint16)
+    want = every.view(np.float16).astype(np.float32)
+    got = np.array([lib.tq_fp16_to_float(int(h)) for h in every], np.float32)
+    finite = np.isfinite(want)
+    assert np.array_equal(got[finite].view(np.uint32), want[finite].view(np.uint32))
+    assert np.all(np.isnan(got[np.isnan(want)]))
+    rng = np.random.default_rng(7)
+    floats = np.concatenate(
+        [
+            rng.integers(0, 2**32, 20000, dtype=np.uint32).view(np.float32),
+            np.array([65504, 65519.996, 65520, 2.0**-24, 2.0**-25, 2.0**-14, 3e-8], np.float32),
+        ]
+    )
+    floats = floats[~np.isnan(floats)]
+    with np.errstate(over="ignore"):
+        expected = floats.astype(np.float16).view(np.uint16).copy()
+    expected[np.isinf(expected.view(np.float16))] ^= 0x7C00 ^ 0x7BFF
+    got16 = np.array([lib.tq_fp16_from_float(float(f)) for f in floats], np.uint16)
+    assert np.array_equal(got16, expected)
+
+
+def test_benchmark_reports_every_format(lib_dir: Path) -> None:
+    rows = parity.run_bench(lib_dir, mib=1, seconds=0.03)
+    assert {(r.format, r.block, r.op) for r in rows} == {
+        (f"turbo{f.bits}", f.block, op) for f in ALL for op in ("encode", "decode")
+    }
+    assert all(r.gbps > 0 and r.memcpy_gbps > 0 for r in rows)
+    assert all(r.x_memcpy == pytest.approx(r.gbps / r.memcpy_gbps, abs=0.01) for r in rows)
+    assert "x memcpy" in parity.format_bench(rows, mib=1)
