@@ -29,6 +29,15 @@ bool codebook_for(int bits, int n, tq_metal_codebook *cb)
     return false;
 }
 
+/* A decode kernel first copies the levels from its constant buffer into registers: the
+ * decode functions take a `thread` array, which a `constant` pointer cannot be passed as. */
+void load_levels(const tq_metal_codebook &cb, float *lv)
+{
+    for (int i = 0; i < TQ_METAL_MAX_LEVELS; i++) {
+        lv[i] = cb.lv[i];
+    }
+}
+
 int check_row(int bits, int n, int64_t k, tq_metal_codebook *cb)
 {
     if (tq_block_size(bits, n) == 0 || !codebook_for(bits, n, cb)) {
@@ -66,10 +75,12 @@ extern "C" int tq_metal_dequantize_row(int bits, int n, const void *src, float *
     }
     const int nbytes = tq_block_size(bits, n);
     const uchar *in = static_cast<const uchar *>(src);
+    float lv[TQ_METAL_MAX_LEVELS];
+    load_levels(cb, lv);
     for (int64_t b = 0; b < k / n; b++) {
         const uchar *blk = in + b * nbytes;
         float scaled[TQ_METAL_MAX_LEVELS];
-        tq_scale_levels(blk, bits, cb.lv, scaled);
+        tq_scale_levels(blk, bits, lv, scaled);
         for (int il = 0; il < n / 16; il++) {
             tq_dequantize_16(blk, bits, n, il, scaled, y + b * n + 16 * il);
         }
@@ -87,8 +98,10 @@ extern "C" int tq_metal_dequantize_row_elementwise(int bits, int n, const void *
     }
     const int nbytes = tq_block_size(bits, n);
     const uchar *in = static_cast<const uchar *>(src);
+    float lv[TQ_METAL_MAX_LEVELS];
+    load_levels(cb, lv);
     for (int64_t i = 0; i < k; i++) {
-        y[i] = tq_dequantize_one(in + (i / n) * nbytes, bits, n, (int)(i % n), cb.lv);
+        y[i] = tq_dequantize_one(in + (i / n) * nbytes, bits, n, (int)(i % n), lv);
     }
     return TQ_OK;
 }
