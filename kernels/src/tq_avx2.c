@@ -448,22 +448,20 @@ void tq_dequantize_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src,
     }
 }
 
-/* One butterfly level inside each register: even partners get a + b, odd ones a - b, with
- * `swapped` holding each element's partner. */
-INLINE __m256 butterfly_in(__m256 v, __m256 swapped, int odd_mask)
-{
-    return _mm256_blend_ps(_mm256_add_ps(v, swapped), _mm256_sub_ps(swapped, v), odd_mask);
-}
-
 INLINE void rotate_block(int n, float *x, const float *first, const float *second, __m256 scale)
 {
     __m256 v[TQ_MAX_BLOCK / 8];
     const int regs = n / 8;
     for (int r = 0; r < regs; r++) {
         v[r] = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * r), _mm256_loadu_ps(first + 8 * r));
-        v[r] = butterfly_in(v[r], _mm256_permute_ps(v[r], 0xB1), 0xAA);
-        v[r] = butterfly_in(v[r], _mm256_permute_ps(v[r], 0x4E), 0xCC);
-        v[r] = butterfly_in(v[r], _mm256_permute2f128_ps(v[r], v[r], 0x01), 0xF0);
+        /* Butterflies h = 1, 2, 4 inside the register: with p each element's partner, the
+         * lower of a pair takes a + b = v + p, the upper a - b = p - v. */
+        __m256 p = _mm256_permute_ps(v[r], 0xB1);
+        v[r] = _mm256_blend_ps(_mm256_add_ps(v[r], p), _mm256_sub_ps(p, v[r]), 0xAA);
+        p = _mm256_permute_ps(v[r], 0x4E);
+        v[r] = _mm256_blend_ps(_mm256_add_ps(v[r], p), _mm256_sub_ps(p, v[r]), 0xCC);
+        p = _mm256_permute2f128_ps(v[r], v[r], 0x01);
+        v[r] = _mm256_blend_ps(_mm256_add_ps(v[r], p), _mm256_sub_ps(p, v[r]), 0xF0);
     }
     for (int h = 1; h < regs; h *= 2) {
         for (int r = 0; r < regs; r++) {
