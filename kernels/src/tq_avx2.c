@@ -161,6 +161,7 @@ INLINE __m128 thresholds4(const double *mid, __m256d gamma, __m256d inv, double 
 struct quant_tables {
     struct lut levels;
     uint8_t zero_idx;
+    int symmetric; /* mid[nlev - 2 - j] == -mid[j] exactly, so the middle one is 0 */
     double mid[TQ_MAX_LEVELS];
     double search[TQ_MAX_BITS][TQ_MAX_LEVELS / 2];
 };
@@ -172,6 +173,10 @@ INLINE void quant_tables_init(int bits, const struct tq_codebook *cb, struct qua
     const int nlev = 1 << bits;
     qt->levels = lut_load(cb->levels, nlev);
     qt->zero_idx = 0;
+    qt->symmetric = 1;
+    for (int m = 0; m < nlev - 1; m++) {
+        qt->symmetric = qt->symmetric && cb->mid[nlev - 2 - m] == -cb->mid[m];
+    }
     for (int m = 0; m < TQ_MAX_LEVELS; m++) {
         qt->mid[m] = cb->mid[m < nlev - 1 ? m : nlev - 2];
         qt->zero_idx = (uint8_t)(qt->zero_idx + (m < nlev - 1 && 0.0 >= cb->mid[m]));
@@ -234,6 +239,29 @@ INLINE void plan_block(int bits, const struct quant_tables *qt, double gamma,
     const double inv = 1.0 / gamma;
     const __m256d gamma4 = _mm256_set1_pd(gamma);
     const __m256d inv4 = _mm256_set1_pd(inv);
+    if (bits < 5 && qt->symmetric) {
+        /* Only the positive half is searched. With S(m) the largest float whose product
+         * with inv rounds to at most m, the threshold of -m is -S(m) (rounding is
+         * symmetric), and S(m) is T(m) when T(m) * inv lands exactly on m, else the float
+         * below it. Equal to the direct search for every finite y. */
+        const int half = nlev / 2;
+        UNROLL for (int m = half; m < nlev - 1; m += 4) {
+            const __m128 t = thresholds4(qt->mid + m, gamma4, inv4, gamma, inv);
+            _mm_storeu_ps(plan->thr + m, t);
+            const __m256d td = _mm256_cvtps_pd(t);
+            const __m256d exact =
+                _mm256_cmp_pd(_mm256_mul_pd(td, inv4), _mm256_loadu_pd(qt->mid + m), _CMP_EQ_OQ);
+            const __m256d below = _mm256_cvtps_pd(next_down4(t));
+            float neg[4];
+            _mm_storeu_ps(neg, _mm_xor_ps(_mm256_cvtpd_ps(_mm256_blendv_pd(below, td, exact)),
+                                          _mm_set1_ps(-0.0f)));
+            for (int l = 0; l < 4 && m + l < nlev - 1; l++) {
+                plan->thr[nlev - 2 - (m + l)] = neg[l];
+            }
+        }
+        plan->thr[half - 1] = 0.0f;
+        return;
+    }
     if (bits < 5) {
         UNROLL for (int m = 0; m < nlev - 1; m += 4) {
             _mm_storeu_ps(plan->thr + m, thresholds4(qt->mid + m, gamma4, inv4, gamma, inv));
