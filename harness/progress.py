@@ -25,6 +25,8 @@ class Progress:
     _start: float = field(default_factory=time.monotonic)
     _last: float = 0.0
     _shown: bool = False
+    _done: int = 0
+    _finished: bool = False
 
     def _emit(self, text: str, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -41,18 +43,30 @@ class Progress:
         """Heartbeat for steps with no measurable progress (pip download)."""
         self._emit(f"{self.label}: {_fmt(time.monotonic() - self._start)} elapsed")
 
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
+
     def ninja(self, line: str) -> None:
         m = NINJA_STEP.match(line)
         if not m:
             return
         done, total = int(m.group(1)), int(m.group(2))
-        elapsed = time.monotonic() - self._start
-        eta = elapsed / done * (total - done) if done else 0.0
+        self.steps(done, total, self.elapsed / done * (total - done) if done else 0.0)
+
+    def steps(self, done: int | None, total: int, eta: float | None) -> None:
+        """``done`` of ``total`` with a bar; ``done=None`` keeps the last count (heartbeat)."""
+        if done is not None:
+            self._done = done
+        done = self._done
         width = 30
         bar = "#" * (width * done // total) + "-" * (width - width * done // total)
+        left = "" if eta is None else f", ~{_fmt(eta)} left"
+        finished = done == total and not self._finished
+        self._finished = self._finished or finished
         self._emit(
-            f"{self.label} [{bar}] {done}/{total} {_fmt(elapsed)} elapsed, ~{_fmt(eta)} left",
-            force=done == total,
+            f"{self.label} [{bar}] {done}/{total} {_fmt(self.elapsed)} elapsed{left}",
+            force=finished,
         )
 
     def done(self, summary: str) -> None:

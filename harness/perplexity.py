@@ -1,0 +1,432 @@
+"""Run llama-perplexity on the pinned models and text, and parse what it prints.
+
+One f16-KV run per model writes the base logits (``--kl-divergence-base``); every KV-cache
+configuration then runs against them with ``--kl-divergence``. The base is cached by
+everything that determines it, so a second suite run only pays for the candidates.
+
+Nothing here decides pass or fail (that is ``harness.gates``); but a run that exits non-zero,
+or whose log lacks a statistic the gates need, is an error and never a silent pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from harness import proc
+from harness.build import STAMP
+from harness.config import Paths
+from harness.errors import CommandFailed
+from harness.progress import Progress
+
+# llama-perplexity logs the KV-cache allocation only at verbosity 4; the gates need it.
+VERBOSITY = "4"
+BATCH = 512
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """A K and a V cache type, written ``q4_0`` (both) or ``q8_0/turbo3`` (K/V)."""
+
+    k: str
+    v: str
+
+    @classmethod
+    def parse(cls, name: str) -> CacheConfig:
+        parts = name.strip().split("/")
+        if len(parts) == 1 and parts[0]:
+            return cls(parts[0], parts[0])
+        if len(parts) == 2 and all(parts):
+            return cls(parts[0], parts[1])
+        raise ValueError(f"cannot read the KV configuration {name!r} (want TYPE or K/V)")
+
+    @property
+    def name(self) -> str:
+        return self.k if self.k == self.v else f"{self.k}/{self.v}"
+
+    @property
+    def is_base(self) -> bool:
+        return self.k == "f16" and self.v == "f16"
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+class ParseError(CommandFailed):
+    """llama-perplexity's output lacks something the harness needs (wrong or broken build)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    error: float
+
+
+@dataclass(frozen=True)
+class KvAllocation:
+    """What llama.cpp allocated, summed over its caches (gemma3 has a SWA and a full one).
+
+    The log prints MiB with two decimals, so each figure is good to about +-0.005 MiB.
+    """
+
+    k_type: str
+    v_type: str
+    cells: int
+    layers: int
+    k_mib: float
+    v_mib: float
+
+    @property
+    def bytes_per_token(self) -> float:
+        return (self.k_mib + self.v_mib) * 2**20 / self.cells
+
+    def bits_per_value(self, values_per_token_layer: int) -> float:
+        """Allocated bits per K/V value; ``values_per_token_layer`` counts K plus V."""
+        return self.bytes_per_token * 8 / (self.layers * values_per_token_layer)
+
+
+KV_LINE = re.compile(
+    r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers,.*?\), "
+    r"K \((\w+)\): +([\d.]+) MiB, V \((\w+)\): +([\d.]+) MiB"
+)
+ROTATION = re.compile(r"llama_kv_cache: attn_rot_([kv]) = (\d+)")
+UNSUPPORTED = re.compile(r"Unsupported cache type: (\S+)")
+CHUNKS = re.compile(r"(?:calculating perplexity|computing) over (\d+) chunks, n_ctx=(\d+)")
+FINAL = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
+NUM = r"(-?[\d.]+(?:e[-+]?\d+)?|nan|inf)"
+PM = rf"{NUM} ± +{NUM}"
+STATS = {
+    "ppl": re.compile(rf"^Mean PPL\(Q\) +: +{PM}", re.M),
+    "ppl_base": re.compile(rf"^Mean PPL\(base\) +: +{PM}", re.M),
+    "ppl_ratio": re.compile(rf"^Mean PPL\(Q\)/PPL\(base\) +: +{PM}", re.M),
+    "kld": re.compile(rf"^Mean +KLD: +{PM}", re.M),
+    "rms_dp": re.compile(rf"^RMS Δp +: +{PM} %", re.M),
+    "same_top_p": re.compile(rf"^Same top p: +{PM} %", re.M),
+}
+PERCENTILE = re.compile(rf"^(Maximum|Median|Minimum| ?[\d.]+%) +KLD: +{NUM}$", re.M)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One llama-perplexity run. Base runs have no KLD statistics."""
+
+    config: str
+    chunks: int
+    ctx: int
+    ppl: Estimate
+    kv: KvAllocation
+    rotation: dict[str, int]
+    ppl_base: Estimate | None = None
+    ppl_ratio: Estimate | None = None
+    kld: Estimate | None = None
+    kld_percentiles: dict[str, float] = field(default_factory=dict)
+    rms_dp: Estimate | None = None
+    same_top_p: Estimate | None = None
+    seconds: float = 0.0
+
+
+def ppl_change_pct(result: RunResult, f16: RunResult | None) -> float | None:
+    """PPL change in % against the f16-KV run over the same tokens.
+
+    Not against llama.cpp's PPL(base): the base file keeps log-probabilities at 16-bit
+    resolution, which alone moves PPL(base) by a few tenths of a percent (0.24% on Gemma 3
+    here, with a KLD of exactly 0), the same offset for every configuration.
+    """
+    return None if f16 is None else (result.ppl.value / f16.ppl.value - 1.0) * 100.0
+
+
+def _kv(text: str, where: str) -> KvAllocation:
+    rows = KV_LINE.findall(text)
+    if not rows:
+        raise ParseError(f"{where}: no `llama_kv_cache: size = ...` line (run with -lv 4?)")
+    k_types = {r[3] for r in rows}
+    v_types = {r[5] for r in rows}
+    cells = {int(r[1]) for r in rows}
+    if len(k_types) != 1 or len(v_types) != 1 or len(cells) != 1:
+        raise ParseError(f"{where}: KV caches disagree on types or cells: {rows}")
+    return KvAllocation(
+        k_type=k_types.pop(),
+        v_type=v_types.pop(),
+        cells=cells.pop(),
+        layers=sum(int(r[2]) for r in rows),
+        k_mib=sum(float(r[4]) for r in rows),
+        v_mib=sum(float(r[6]) for r in rows),
+    )
+
+
+def _rotation(text: str) -> dict[str, int]:
+    # One line per cache and tensor; a cache type counts as rotated if any cache rotates it.
+    found: dict[str, int] = {}
+    for which, on in ROTATION.findall(text):
+        found[which] = max(found.get(which, 0), int(on))
+    return found
+
+
+def _chunks(text: str, where: str) -> tuple[int, int]:
+    m = CHUNKS.search(text)
+    if not m:
+        raise ParseError(f"{where}: no `... over N chunks, n_ctx=...` line")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _unsupported(text: str) -> None:
+    if m := UNSUPPORTED.search(text):
+        raise CommandFailed(
+            f"this llama-perplexity does not support the KV cache type {m.group(1)}",
+            hint="the turbo types arrive with the TurboQuant patch series: rebuild with "
+            "`nox -s build`, or pick configurations this build has with --configs",
+        )
+
+
+def parse_base(text: str, config: str = "f16", where: str = "llama-perplexity") -> RunResult:
+    """A ``--kl-divergence-base`` (plain perplexity) run."""
+    _unsupported(text)
+    m = FINAL.search(text)
+    if not m:
+        raise ParseError(f"{where}: no `Final estimate: PPL = ...` line (run cut short?)")
+    chunks, ctx = _chunks(text, where)
+    return RunResult(
+        config=config,
+        chunks=chunks,
+        ctx=ctx,
+        ppl=Estimate(float(m.group(1)), float(m.group(2))),
+        kv=_kv(text, where),
+        rotation=_rotation(text),
+    )
+
+
+def parse_kld(text: str, config: str, where: str = "llama-perplexity") -> RunResult:
+    """A ``--kl-divergence`` run: every statistic the gates use must be there."""
+    _unsupported(text)
+    found: dict[str, Estimate] = {}
+    for key, pattern in STATS.items():
+        m = pattern.search(text)
+        if not m:
+            raise ParseError(
+                f"{where}: no `{pattern.pattern.split(' ')[0].lstrip('^')}...` statistic for "
+                f"{config} (a truncated run, or llama-perplexity skipped the statistics)"
+            )
+        found[key] = Estimate(float(m.group(1)), float(m.group(2)))
+    # Older builds print fewer percentile rows; the gates only use what every build prints.
+    percentiles = {label.strip(): float(value) for label, value in PERCENTILE.findall(text)}
+    chunks, ctx = _chunks(text, where)
+    return RunResult(
+        config=config,
+        chunks=chunks,
+        ctx=ctx,
+        ppl=found["ppl"],
+        kv=_kv(text, where),
+        rotation=_rotation(text),
+        ppl_base=found["ppl_base"],
+        ppl_ratio=found["ppl_ratio"],
+        kld=found["kld"],
+        kld_percentiles=percentiles,
+        rms_dp=found["rms_dp"],
+        same_top_p=found["same_top_p"],
+    )
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    binary: Path
+    ctx: int = 512
+    chunks: int = 8
+    threads: int = 2
+
+    def common(self, model: Path, text: Path) -> list[str | Path]:
+        # llama-perplexity block-buffers stdout into a pipe, which would hold back the
+        # per-chunk rows the progress line counts until the run ends.
+        line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
+        return [
+            *line_buffered,
+            self.binary,
+            "-m",
+            model,
+            "-f",
+            text,
+            "-c",
+            str(self.ctx),
+            "-b",
+            str(BATCH),
+            "-t",
+            str(self.threads),
+            "-fa",
+            "on",
+            "--chunks",
+            str(self.chunks),
+            "-lv",
+            VERBOSITY,
+        ]
+
+
+def build_identity(binary: Path) -> dict[str, object]:
+    """What built ``binary``: the build stamp if there is one, else the files' own hash."""
+    stamp = binary.parent.parent / STAMP
+    try:
+        record = json.loads(stamp.read_text(encoding="utf-8"))
+        return {
+            "upstream": record["upstream"],
+            "series": record["series"],
+            "options": record.get("options"),
+        }
+    except (OSError, ValueError, KeyError):
+        h = hashlib.sha256()
+        for f in sorted(binary.parent.iterdir()):
+            if f.is_file() and not f.is_symlink() and (f == binary or ".so" in f.name):
+                h.update(f.name.encode() + b"\0" + f.read_bytes())
+        return {"unstamped_binaries": h.hexdigest()}
+
+
+@dataclass(frozen=True)
+class BaseKey:
+    model_sha256: str
+    text_sha256: str
+    build: dict[str, object]
+    ctx: int
+    chunks: int
+
+    def digest(self) -> str:
+        blob = json.dumps(self.__dict__, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+
+class ChunkProgress:
+    """Feeds llama-perplexity's lines to a Progress line: chunk n of N and an ETA."""
+
+    PASS = re.compile(r"([\d.]+) seconds per pass")
+    ROW = re.compile(r"^ *(\d+) +[\d.]+ ± ")
+
+    def __init__(self, label: str, chunks: int, expected: float | None) -> None:
+        self.progress = Progress(label, every=10.0)
+        self.chunks = chunks
+        self.per_pass: float | None = None
+        self.expected = expected
+
+    def __call__(self, line: str) -> None:
+        if m := self.PASS.search(line):
+            self.per_pass = float(m.group(1))
+        done = int(m.group(1)) if (m := self.ROW.match(line)) else None
+        self.progress.steps(done, self.chunks, self._eta(done))
+
+    def _eta(self, done: int | None) -> float | None:
+        elapsed = self.progress.elapsed
+        if done:
+            return elapsed / done * (self.chunks - done)
+        if self.per_pass is not None:
+            return max(self.per_pass * self.chunks - elapsed, 0.0)
+        return None if self.expected is None else max(self.expected - elapsed, 0.0)
+
+
+class Runner:
+    """Runs one model's suite, one llama-perplexity at a time (they use every thread)."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        settings: RunSettings,
+        log_dir: Path,
+        on_done: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.settings = settings
+        self.log_dir = log_dir
+        self.on_done = on_done
+        self.seconds_per_chunk: float | None = None
+
+    def _run(self, label: str, log: Path, cmd: Sequence[str | Path]) -> tuple[str, float]:
+        log.unlink(missing_ok=True)
+        expected = (
+            None
+            if self.seconds_per_chunk is None
+            else self.seconds_per_chunk * self.settings.chunks
+        )
+        progress = ChunkProgress(label, self.settings.chunks, expected)
+        start = time.monotonic()
+        result = proc.run(cmd, log=log, on_line=progress, check=False, quiet=True, what=label)
+        seconds = time.monotonic() - start
+        progress.progress.done(f"exit {result.returncode}")
+        if result.returncode != 0:
+            _unsupported(result.output)
+            tail = "\n".join("    " + t for t in result.output.splitlines()[-15:])
+            raise CommandFailed(
+                f"{label}: llama-perplexity exited {result.returncode}\n{tail}\n  full log: {log}"
+            )
+        self.seconds_per_chunk = seconds / max(self.settings.chunks, 1)
+        if self.on_done is not None:
+            self.on_done(label, seconds)
+        return result.output, seconds
+
+    def base(
+        self, model_name: str, model: Path, text: Path, key: BaseKey
+    ) -> tuple[Path, RunResult, bool]:
+        """The f16 base logits for this key, its run, and whether they came from the cache."""
+        entry = self.paths.cache / "kld-base" / f"{model_name}-{key.digest()}"
+        logits, log_copy = entry / "base.kld", entry / "base.log"
+        if logits.is_file() and log_copy.is_file():
+            print(f"{model_name}: reusing the f16 base logits in {entry}", file=sys.stderr)
+            os.utime(entry)  # most recently used: the eviction below keeps it
+            result = parse_base(log_copy.read_text(encoding="utf-8"), where=str(log_copy))
+            return logits, result, True
+        tmp = entry.with_name(entry.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        log = self.log_dir / f"{model_name}-f16-base.log"
+        cmd = [
+            *self.settings.common(model, text),
+            "--kl-divergence-base",
+            tmp / "base.kld",
+        ]
+        output, seconds = self._run(f"{model_name} f16 (base)", log, cmd)
+        result = parse_base(output, where=str(log))
+        shutil.copyfile(log, tmp / "base.log")
+        (tmp / "key.json").write_text(json.dumps(key.__dict__, indent=1), encoding="utf-8")
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+        evict_bases(self.paths.cache / "kld-base", keep=entry)
+        return entry / "base.kld", replace(result, seconds=seconds), False
+
+    def candidate(
+        self, model_name: str, model: Path, text: Path, base: Path, config: CacheConfig
+    ) -> RunResult:
+        log = self.log_dir / f"{model_name}-{config.name.replace('/', '-')}.log"
+        cmd = [
+            *self.settings.common(model, text),
+            "--kl-divergence-base",
+            base,
+            "--kl-divergence",
+            "-ctk",
+            config.k,
+            "-ctv",
+            config.v,
+        ]
+        output, seconds = self._run(f"{model_name} {config.name}", log, cmd)
+        return replace(parse_kld(output, config.name, where=str(log)), seconds=seconds)
+
+
+def evict_bases(root: Path, keep: Path) -> None:
+    """Drop the least recently used base logits beyond TQH_KLD_CACHE_GB (default 8)."""
+    limit = float(os.environ.get("TQH_KLD_CACHE_GB", "8")) * 2**30
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp")]
+
+    def size(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.iterdir() if f.is_file())
+
+    total = sum(size(p) for p in entries)
+    for p in sorted(entries, key=lambda p: p.stat().st_mtime):
+        if total <= limit:
+            break
+        if p == keep:
+            continue
+        total -= size(p)
+        shutil.rmtree(p, ignore_errors=True)
