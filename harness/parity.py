@@ -637,7 +637,8 @@ def run_checks(
             rows[key].add(r)
             if r.mismatched_vectors:
                 print(f"\nMISMATCH {case.name}: {r.mismatches}", file=sys.stderr, flush=True)
-            progress.steps(i + 1, len(specs), progress.elapsed / (i + 1) * (len(specs) - i - 1))
+            # Progress draws its bar from ninja's "[done/total]" prefix.
+            progress.ninja(f"[{i + 1}/{len(specs)}]")
     failed = sum(1 for r in results if r.mismatched_vectors)
     progress.done(f"{len(results)} cases, {failed} with mismatches")
     return list(rows.values()), results, kernels.simd_path
