@@ -8,7 +8,7 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2024.4.15"
-nox.options.sessions = ["build", "parity"]
+nox.options.sessions = ["build", "parity", "perplexity"]
 nox.options.reuse_venv = "yes"
 
 ROOT = Path(__file__).parent
@@ -45,6 +45,13 @@ def parity(session: nox.Session) -> None:
     """Check native kernels bit-exactly against reference/. Posargs: `-- --help`."""
     _install(session)
     session.run("python", "-m", "harness", "parity", *session.posargs)
+
+
+@nox.session(requires=["build"])
+def perplexity(session: nox.Session) -> None:
+    """Perplexity/KLD gates, report in reports/. Posargs: `-- --quick`, `-- --help`."""
+    _install(session)
+    session.run("python", "-m", "harness", "perplexity", *session.posargs)
 
 
 @nox.session

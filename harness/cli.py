@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import build as build_mod
-from harness import patches
+from harness import patches, suite
 from harness.config import Paths, load_pin
 from harness.errors import HarnessError
 from harness.lock import exclusive
@@ -82,6 +82,23 @@ def cmd_fetch(args: argparse.Namespace, paths: Paths) -> None:
     print(f"{up.commit} ({up.origin}) in {up.repo}")
 
 
+def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
+    def names(value: str | None) -> tuple[str, ...] | None:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+    suite.run(
+        paths,
+        suite.SuiteOptions(
+            quick=args.quick,
+            models=names(args.models),
+            configs=names(args.configs),
+            chunks=args.chunks,
+            threads=args.threads,
+            binary=args.bin,
+        ),
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m harness",
@@ -130,6 +147,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["apply", "export", "check"])
     _add_source_options(p)
     p.set_defaults(func=cmd_patches)
+
+    p = sub.add_parser(
+        "perplexity",
+        help="perplexity and KL-divergence gates on the pinned models; writes reports/",
+        description="Run llama-perplexity with each KV-cache configuration against the f16 "
+        "base, check gates.toml, write reports/<UTC time>/ (reports/latest is the newest). "
+        "Defaults (models, configurations, chunks) come from [suite] in gates.toml.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the [suite.quick] of gates.toml: SmolLM2 only, fewer chunks and configurations "
+        "(about 3 minutes on 2 cores)",
+    )
+    p.add_argument("--models", help="comma-separated model names from models.toml")
+    p.add_argument(
+        "--configs",
+        help="comma-separated KV configurations: TYPE or K/V (e.g. f16,q4_0,q8_0/turbo3)",
+    )
+    p.add_argument("--chunks", type=int, help="chunks of 512 tokens per run")
+    p.add_argument("--threads", type=int, default=2, help="llama-perplexity threads (default 2)")
+    p.add_argument("--bin", type=Path, help="llama-perplexity to run (default: build/cpu/bin)")
+    p.set_defaults(func=cmd_perplexity)
     return top
 
 

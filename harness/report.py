@@ -1,0 +1,319 @@
+"""The perplexity report: JSON with everything measured, a Markdown table, PNG plots.
+
+Written under ``reports/<UTC timestamp>/``; ``reports/latest`` points at the newest (a copy
+where the file system has no symlinks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harness.gates import GateFile, Outcome
+from harness.models import ModelInfo, ModelPin
+from harness.perplexity import CacheConfig, RunResult, ppl_change_pct
+
+
+@dataclass
+class ModelReport:
+    pin: ModelPin
+    info: ModelInfo
+    configs: list[str]
+    results: dict[str, RunResult] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    base_cached: bool = False
+    base_key: dict[str, Any] = field(default_factory=dict)
+
+
+def new_dir(root: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = root / stamp
+    n = 1
+    while path.exists():  # two runs in one second
+        n += 1
+        path = root / f"{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def link_latest(root: Path, target: Path) -> Path:
+    latest = root / "latest"
+    tmp = root / ".latest.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink() if tmp.is_symlink() else shutil.rmtree(tmp)
+    try:
+        tmp.symlink_to(target.name, target_is_directory=True)
+        if latest.exists() and not latest.is_symlink():
+            shutil.rmtree(latest)
+        os.replace(tmp, latest)
+    except OSError:
+        if latest.is_symlink():
+            latest.unlink()
+        elif latest.exists():
+            shutil.rmtree(latest)
+        shutil.copytree(target, latest)
+    return latest
+
+
+def _bits(gate_file: GateFile, config: str) -> float:
+    c = CacheConfig.parse(config)
+    return (gate_file.bits[c.k] + gate_file.bits[c.v]) / 2
+
+
+def _row_data(m: ModelReport, gate_file: GateFile, config: str) -> dict[str, Any]:
+    r = m.results.get(config)
+    base = m.results.get("f16")
+    row: dict[str, Any] = {"config": config, "bits_per_value": _bits(gate_file, config)}
+    if r is None:
+        row["error"] = m.failures.get(config, "not run")
+        return row
+    row.update(json.loads(json.dumps(asdict(r))))
+    row["kv_bytes_per_token"] = r.kv.bytes_per_token
+    row["kv_bits_per_value_allocated"] = r.kv.bits_per_value(m.info.kv_values_per_token)
+    if base is not None:
+        row["kv_ratio_to_f16"] = r.kv.bytes_per_token / base.kv.bytes_per_token
+    row["ppl_change_pct"] = ppl_change_pct(r, base)
+    return row
+
+
+def _gate_status(m: ModelReport, config: str) -> str:
+    mine = [o for o in m.outcomes if config in o.gate.subjects]
+    if not mine:
+        return "–"
+    failed = [o for o in mine if not o.passed]
+    if not failed:
+        return f"pass ({len(mine)})"
+    return "**FAIL** " + ", ".join(f"line {o.gate.line}" for o in failed)
+
+
+def _pm(value: float | None, error: float | None, digits: int) -> str:
+    if value is None:
+        return "–"
+    shown = f"{value + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+    return shown if error is None else f"{shown} ± {error:.{digits}f}"
+
+
+def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateFile) -> str:
+    s = report["settings"]
+    out = [
+        f"# Perplexity and KL divergence, {report['created']}",
+        "",
+        f"Text: {report['text']['package']} {report['text']['version']}, "
+        f"{report['text']['bytes']} bytes (sha256 {report['text']['sha256'][:12]}); "
+        f"c={s['ctx']}, {s['chunks']} chunk(s), {s['threads']} thread(s), flash attention on. "
+        f"Build: {report['build'].get('upstream', '?')[:12]} + series "
+        f"{str(report['build'].get('series', '?'))[:12]}. Gates: {gate_file.path.name} "
+        f"(sha256 {gate_file.sha256[:12]}). Wall time {report['wall_seconds']:.0f} s.",
+        "",
+    ]
+    for m in models:
+        i = m.info
+        window = f", sliding window {i.sliding_window}" if i.sliding_window else ""
+        out += [
+            f"## {m.pin.name}",
+            "",
+            f"{i.name} ({i.architecture}): {i.layers} layers, {i.n_head} heads / "
+            f"{i.n_head_kv} KV heads, head_dim {i.head_dim_k}{window}; GGUF sha256 "
+            f"{m.pin.sha256[:12]}. f16 base logits "
+            f"{'reused from the cache' if m.base_cached else 'computed in this run'}.",
+            "",
+            "| config | bits/value | KV bytes/token | × f16 | PPL | ΔPPL % | mean KLD | KLD p99 "
+            "| RMS Δp % | same top p % | gates |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for config in m.configs:
+            row = _row_data(m, gate_file, config)
+            r = m.results.get(config)
+            if r is None:
+                err = row["error"].splitlines()[0]
+                out.append(
+                    f"| {config} | {row['bits_per_value']:g} | – | – | – | – | – | – | – | – "
+                    f"| **not measured**: {err} {_gate_status(m, config)} |"
+                )
+                continue
+            ratio = row.get("kv_ratio_to_f16")
+            p99 = r.kld_percentiles.get("99.0%")
+            dppl = ppl_change_pct(r, m.results.get("f16"))
+            out.append(
+                "| "
+                + " | ".join(
+                    [
+                        config,
+                        f"{row['bits_per_value']:g} ({row['kv_bits_per_value_allocated']:.2f})",
+                        f"{row['kv_bytes_per_token']:.0f}",
+                        "–" if ratio is None else f"{ratio:.3f}",
+                        _pm(r.ppl.value, r.ppl.error, 3),
+                        "–" if dppl is None else f"{dppl:+.2f}",
+                        "–" if r.kld is None else _pm(r.kld.value, r.kld.error, 5),
+                        "–" if p99 is None else f"{p99:.4f}",
+                        "–" if r.rms_dp is None else _pm(r.rms_dp.value, r.rms_dp.error, 2),
+                        "–"
+                        if r.same_top_p is None
+                        else _pm(r.same_top_p.value, r.same_top_p.error, 2),
+                        _gate_status(m, config),
+                    ]
+                )
+                + " |"
+            )
+        out += ["", _beats_q4_0(m, gate_file), ""]
+        failed = [o for o in m.outcomes if not o.passed]
+        if failed:
+            out += ["Failing gates:", ""] + [f"- `{o.line(gate_file.path.name)}`" for o in failed]
+            out.append("")
+    out += [
+        "bits/value: what the cache type stores per value (K and V averaged), with what "
+        "llama.cpp allocated in parentheses (from its log, which rounds to 0.01 MiB). "
+        "KV bytes/token: K + V over all layers. ΔPPL and KLD are against the f16 KV cache "
+        "of the same binary on the same tokens.",
+        "",
+        "![mean KLD against bits per value](kld-vs-bits.png)",
+        "",
+        "![perplexity](ppl.png)",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _beats_q4_0(m: ModelReport, gate_file: GateFile) -> str:
+    q4 = m.results.get("q4_0")
+    if q4 is None or q4.kld is None:
+        return "q4_0 was not measured, so nothing is compared with it."
+    winners = [
+        f"{c} ({r.kld.value:.4g} at {_bits(gate_file, c):g} bits)"
+        for c, r in m.results.items()
+        if c != "q4_0" and r.kld is not None and _bits(gate_file, c) <= 4.5
+        if r.kld.value < q4.kld.value
+    ]
+    head = f"At ≤ 4.5 bits per value, beats q4_0's mean KLD ({q4.kld.value:.4g}) outright: "
+    return head + (", ".join(winners) if winners else "none")
+
+
+def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(models)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.5), squeeze=False)
+    for ax, m in zip(axes[0], models, strict=True):
+        pts = [
+            (_bits(gate_file, c), r.kld.value, c)
+            for c, r in m.results.items()
+            if r.kld is not None and r.kld.value > 0
+        ]
+        for x, y, label in pts:
+            ax.scatter([x], [y], color="C1" if "turbo" in label else "C0", zorder=3)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        q4 = m.results.get("q4_0")
+        if q4 is not None and q4.kld is not None and q4.kld.value > 0:
+            xs = [2.0 + 0.05 * i for i in range(141)]
+            line = [q4.kld.value * 4 ** (4.5 - x) for x in xs]
+            ax.plot(xs, line, "--", color="grey", lw=1, label="q4_0 line: 4× per bit")
+            ax.plot(xs, [0.8 * y for y in line], ":", color="grey", lw=1, label="gate: 0.8×")
+            ax.legend(fontsize=8, loc="upper right")
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per value (K and V averaged)")
+        ax.set_ylabel("mean KLD vs f16 KV cache")
+        ax.set_title(m.pin.name)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    kld_png = directory / "kld-vs-bits.png"
+    fig.savefig(kld_png, dpi=110)
+    plt.close(fig)
+
+    # Top: PPL with its own error. Bottom: the change against the f16 base with the error
+    # of the paired ratio, which is far smaller because both runs score the same tokens.
+    fig, axes = plt.subplots(2, n, figsize=(5.5 * n, 7.5), squeeze=False, sharex="col")
+    for col, m in enumerate(models):
+        top, bottom = axes[0][col], axes[1][col]
+        names = [c for c in m.configs if c in m.results]
+        xs = range(len(names))
+        top.errorbar(
+            xs,
+            [m.results[c].ppl.value for c in names],
+            yerr=[m.results[c].ppl.error for c in names],
+            fmt="o",
+            capsize=3,
+        )
+        if "f16" in m.results:
+            top.axhline(m.results["f16"].ppl.value, color="grey", lw=1, ls="--", label="f16")
+            top.legend(fontsize=8)
+        top.set_ylabel("perplexity")
+        top.set_title(m.pin.name)
+        top.grid(True, axis="y", alpha=0.3)
+        paired = [c for c in names if m.results[c].ppl_ratio is not None]
+        ratios = [m.results[c].ppl_ratio for c in paired]
+        bottom.errorbar(
+            [names.index(c) for c in paired],
+            [(r.value - 1) * 100 for r in ratios if r is not None],
+            yerr=[r.error * 100 for r in ratios if r is not None],
+            fmt="o",
+            capsize=3,
+            color="C1",
+        )
+        bottom.axhline(0, color="grey", lw=1, ls="--")
+        bottom.set_ylabel("PPL change vs f16 base, %")
+        bottom.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
+        bottom.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    ppl_png = directory / "ppl.png"
+    fig.savefig(ppl_png, dpi=110)
+    plt.close(fig)
+    return [kld_png, ppl_png]
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN or infinity; write them as strings rather than invalid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write(
+    directory: Path,
+    header: dict[str, Any],
+    models: list[ModelReport],
+    gate_file: GateFile,
+) -> dict[str, Any]:
+    report = dict(header)
+    report["models"] = [
+        {
+            "name": m.pin.name,
+            "file": m.pin.file,
+            "sha256": m.pin.sha256,
+            "wheels": [asdict(w) for w in m.pin.wheels],
+            "metadata": asdict(m.info),
+            "base": {"cached": m.base_cached, "key": m.base_key},
+            "configs": [_row_data(m, gate_file, c) for c in m.configs],
+            "gates": [
+                {
+                    "line": o.gate.line,
+                    "check": o.gate.check,
+                    "passed": o.passed,
+                    "detail": o.detail,
+                }
+                for o in m.outcomes
+            ],
+        }
+        for m in models
+    ]
+    (directory / "report.json").write_text(
+        json.dumps(_clean(report), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    plots(directory, models, gate_file)
+    (directory / "report.md").write_text(markdown(report, models, gate_file), encoding="utf-8")
+    return report

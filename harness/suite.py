@@ -1,0 +1,156 @@
+"""``python -m harness perplexity``: fetch inputs, run the suite, gate it, write the report.
+
+The report is written before any error is raised, so a failing run still leaves the table
+that explains it. Runs that could not be made (an unsupported cache type, a crash, output
+that does not parse) fail the command with exit 23; otherwise failing gates exit 21.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from harness import corpus, gates, models, proc, report
+from harness.build import kernels_digest
+from harness.config import Paths
+from harness.errors import CommandFailed, ConfigError, HarnessError
+from harness.patches import Series
+from harness.perplexity import BaseKey, CacheConfig, Runner, RunSettings, build_identity
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    quick: bool = False
+    models: tuple[str, ...] | None = None
+    configs: tuple[str, ...] | None = None
+    chunks: int | None = None
+    threads: int = 2
+    binary: Path | None = None
+
+
+def _binary(paths: Paths, given: Path | None) -> Path:
+    binary = given or paths.build / "cpu" / "bin" / "llama-perplexity"
+    if not binary.is_file():
+        raise ConfigError(
+            f"{binary} does not exist",
+            hint="build it first: `nox -s build` (the perplexity session does this for you)",
+        )
+    return binary.resolve()
+
+
+def _version(binary: Path) -> str:
+    out = proc.run([binary, "--version"], check=False, quiet=True).output
+    return " ".join(line.strip() for line in out.splitlines() if line.strip())
+
+
+def _patches_digest(paths: Paths) -> str | None:
+    try:
+        return Series.load(paths.patches).digest()
+    except HarnessError:
+        return None
+
+
+def run(paths: Paths, options: SuiteOptions) -> Path:
+    """Run the suite; return the report directory. Raises after writing the report."""
+    started = time.monotonic()
+    gate_file = gates.load(paths.repo / "gates.toml")
+    suite = gate_file.quick if options.quick else gate_file.full
+    lock = models.load_lock(paths.repo / "models.toml")
+    model_names = options.models or suite.models
+    pins = [lock.model(name) for name in model_names]
+    requested = [CacheConfig.parse(c).name for c in (options.configs or suite.configs)]
+    for c in requested:
+        cfg = CacheConfig.parse(c)
+        if cfg.k not in gate_file.bits or cfg.v not in gate_file.bits:
+            raise ConfigError(f"--configs {c}: no [bits] entry in gates.toml for its types")
+    binary = _binary(paths, options.binary)
+    settings = RunSettings(
+        binary=binary, chunks=options.chunks or suite.chunks, threads=options.threads
+    )
+    text = corpus.ensure_text(paths, lock.text)
+    identity = build_identity(binary)
+
+    directory = report.new_dir(paths.repo / "reports")
+    runner = Runner(paths, settings, directory / "logs")
+    reports: list[report.ModelReport] = []
+    hints: set[str] = set()
+    for pin in pins:
+        gguf = models.ensure_model(paths, pin)
+        info = models.cached_info(pin, gguf)
+        # f16 first: its run writes (or checks) the base every other run is measured against.
+        order = {c: i for i, c in enumerate(("f16", *gate_file.full.configs))}
+        configs = sorted(
+            set(gate_file.required(pin.name, requested)) | {"f16"},
+            key=lambda c: (order.get(c, len(order)), c),
+        )
+        added = [c for c in configs if c not in requested]
+        if added:
+            print(
+                f"{pin.name}: also running {', '.join(added)} (the gates compare with them)",
+                file=sys.stderr,
+            )
+        m = report.ModelReport(pin, info, configs)
+        key = BaseKey(pin.sha256, text.sha256, identity, settings.ctx, settings.chunks)
+        m.base_key = {**key.__dict__, "digest": key.digest()}
+        base, _, m.base_cached = runner.base(pin.name, gguf, text.path, key)
+        for config in configs:
+            try:
+                m.results[config] = runner.candidate(
+                    pin.name, gguf, text.path, base, CacheConfig.parse(config)
+                )
+            except CommandFailed as exc:
+                m.failures[config] = str(exc)
+                hints.add(exc.hint)
+                print(f"{pin.name} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr)
+        m.outcomes = gates.evaluate(gate_file, pin.name, requested, m.results)
+        reports.append(m)
+
+    header = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": ["python", "-m", "harness", *sys.argv[1:]],
+        "quick": options.quick,
+        "host": {"platform": platform.platform(), "python": platform.python_version()},
+        "settings": {
+            "ctx": settings.ctx,
+            "batch": 512,
+            "chunks": settings.chunks,
+            "threads": settings.threads,
+            "flash_attn": "on",
+        },
+        "binary": {"path": str(binary), "version": _version(binary)},
+        "build": identity,
+        "patches_digest": _patches_digest(paths),
+        "kernels_digest": kernels_digest(paths) if paths.kernels.is_dir() else None,
+        "gates": {"path": gate_file.path.name, "sha256": gate_file.sha256},
+        "text": {
+            "package": lock.text.package,
+            "version": lock.text.version,
+            "deb_sha256": lock.text.sha256,
+            "member": lock.text.member,
+            "sha256": text.sha256,
+            "bytes": text.size,
+        },
+        "wall_seconds": time.monotonic() - started,
+    }
+    report.write(directory, header, reports, gate_file)
+    latest = report.link_latest(paths.repo / "reports", directory)
+    outcomes = [o for m in reports for o in m.outcomes]
+    for o in outcomes:
+        print(o.line(gate_file.path.name), file=sys.stderr)
+    print(f"report: {directory / 'report.md'} (also {latest / 'report.md'})")
+
+    failed_runs = [(m.pin.name, c, e) for m in reports for c, e in m.failures.items()]
+    if failed_runs:
+        gate_note = sum(not o.passed for o in outcomes)
+        lines = "\n".join(f"  {name} {c}: {e.splitlines()[0]}" for name, c, e in failed_runs)
+        raise CommandFailed(
+            f"{len(failed_runs)} configuration run(s) could not be measured ({gate_note} "
+            f"gate(s) failed as a result or on their own):\n{lines}\n  report: {directory}",
+            hint="; ".join(sorted(hints)) + " (logs: the report's logs/ folder)",
+        )
+    gates.raise_on_failures(outcomes, gate_file.path.name)
+    return directory
