@@ -307,7 +307,7 @@ class _Evaluator:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+    return f"{x + 0.0:.4g}"  # + 0.0 turns -0.0 into 0.0
 
 
 def evaluate(
