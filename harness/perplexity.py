@@ -25,6 +25,7 @@ from harness import proc
 from harness.build import STAMP
 from harness.config import Paths
 from harness.errors import CommandFailed
+from harness.lock import exclusive
 from harness.progress import Progress
 
 # llama-perplexity logs the KV-cache allocation only at verbosity 4; the gates need it.
@@ -371,6 +372,13 @@ class Runner:
         self, model_name: str, model: Path, text: Path, key: BaseKey
     ) -> tuple[Path, RunResult, bool]:
         """The f16 base logits for this key, its run, and whether they came from the cache."""
+        # The cache is shared by every clone: one run writes (or evicts) a base at a time.
+        with exclusive(self.paths.locks / "kld-base.lock"):
+            return self._base(model_name, model, text, key)
+
+    def _base(
+        self, model_name: str, model: Path, text: Path, key: BaseKey
+    ) -> tuple[Path, RunResult, bool]:
         entry = self.paths.cache / "kld-base" / f"{model_name}-{key.digest()}"
         logits, log_copy = entry / "base.kld", entry / "base.log"
         if logits.is_file() and log_copy.is_file():

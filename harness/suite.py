@@ -18,6 +18,7 @@ from harness import corpus, gates, models, proc, report
 from harness.build import kernels_digest
 from harness.config import Paths
 from harness.errors import CommandFailed, ConfigError, HarnessError
+from harness.lock import exclusive
 from harness.patches import Series
 from harness.perplexity import BaseKey, CacheConfig, Runner, RunSettings, build_identity
 
@@ -56,6 +57,15 @@ def _patches_digest(paths: Paths) -> str | None:
 
 def run(paths: Paths, options: SuiteOptions) -> Path:
     """Run the suite; return the report directory. Raises after writing the report."""
+    if options.binary is not None:
+        return _run(paths, options)
+    # `build` holds this lock while it rewrites build/: holding it here keeps a build from
+    # swapping the binaries halfway through a suite, which would mix two builds in a report.
+    with exclusive(paths.build / ".lock"):
+        return _run(paths, options)
+
+
+def _run(paths: Paths, options: SuiteOptions) -> Path:
     started = time.monotonic()
     gate_file = gates.load(paths.repo / "gates.toml")
     suite = gate_file.quick if options.quick else gate_file.full

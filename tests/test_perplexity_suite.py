@@ -1,0 +1,116 @@
+"""The suite end to end, with a stand-in llama-perplexity that replays recorded outputs.
+
+The real runs take minutes and belong to `nox -s perplexity`; this checks the plumbing:
+base caching, the order of runs, gates, the report, and how failures end the command.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import suite
+from harness.config import REPO_ROOT, Paths
+from harness.errors import CommandFailed, GateFailed
+
+DATA = Path(__file__).parent / "data" / "perplexity"
+
+FAKE = f"""#!{sys.executable}
+import sys
+args = sys.argv[1:]
+data = {str(DATA)!r}
+if "--kl-divergence" not in args:
+    open(args[args.index("--kl-divergence-base") + 1], "wb").write(b"logits")
+    print(open(data + "/smollm2-135m-f16-base.log").read())
+    raise SystemExit(0)
+k, v = args[args.index("-ctk") + 1], args[args.index("-ctv") + 1]
+if "turbo3" in (k, v):
+    print('error while handling argument "-ctk": Unsupported cache type: turbo3')
+    raise SystemExit(1)
+print(open(data + "/smollm2-135m-" + k + ".log").read())
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Paths:
+    """A project copy whose cache borrows the real models and text (fetched if missing)."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("gates.toml", "models.toml"):
+        shutil.copy(REPO_ROOT / name, repo / name)
+    real = Paths.default()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for sub in ("models", "text"):
+        (real.cache / sub).mkdir(parents=True, exist_ok=True)
+        (cache / sub).symlink_to(real.cache / sub)
+    return Paths(repo=repo, cache=cache, build=repo / "build")
+
+
+@pytest.fixture
+def fake_binary(tmp_path: Path) -> Path:
+    binary = tmp_path / "fake" / "bin" / "llama-perplexity"
+    binary.parent.mkdir(parents=True)
+    binary.write_text(FAKE)
+    binary.chmod(0o755)
+    return binary
+
+
+@pytest.mark.slow
+def test_suite_writes_the_report_and_reuses_the_base(project: Paths, fake_binary: Path) -> None:
+    options = suite.SuiteOptions(
+        models=("smollm2-135m",), configs=("q4_0", "q8_0"), binary=fake_binary
+    )
+    directory = suite.run(project, options)
+    data = json.loads((directory / "report.json").read_text())
+    (model,) = data["models"]
+    assert [c["config"] for c in model["configs"]] == ["f16", "q8_0", "q4_0"]
+    assert model["base"]["cached"] is False
+    assert model["gates"] and all(g["passed"] for g in model["gates"])
+    assert (project.repo / "reports" / "latest" / "report.md").is_file()
+    assert sorted(p.name for p in (directory / "logs").iterdir()) == [
+        "smollm2-135m-f16-base.log",
+        "smollm2-135m-f16.log",
+        "smollm2-135m-q4_0.log",
+        "smollm2-135m-q8_0.log",
+    ]
+
+    again = suite.run(project, options)
+    assert json.loads((again / "report.json").read_text())["models"][0]["base"]["cached"]
+
+
+@pytest.mark.slow
+def test_an_unsupported_type_fails_the_run_after_the_report(
+    project: Paths, fake_binary: Path
+) -> None:
+    options = suite.SuiteOptions(
+        models=("smollm2-135m",), configs=("f16", "turbo3"), binary=fake_binary
+    )
+    with pytest.raises(CommandFailed) as err:
+        suite.run(project, options)
+    assert err.value.exit_code == 23
+    assert "smollm2-135m turbo3: this llama-perplexity does not support" in str(err.value)
+    assert "turbo types arrive with the TurboQuant patch series" in err.value.hint
+    md = (project.repo / "reports" / "latest" / "report.md").read_text()
+    assert "| turbo3 | 3.125 | – |" in md and "**not measured**" in md
+    # q4_0 was added because the turbo3 gate compares with it.
+    assert "| q4_0 | 4.5 (4.49) |" in md
+
+
+@pytest.mark.slow
+def test_a_failing_gate_exits_21(project: Paths, fake_binary: Path) -> None:
+    gates_toml = project.repo / "gates.toml"
+    gates_toml.write_text(
+        gates_toml.read_text().replace(
+            'check = "kld(q8_0) <= 0.008"', 'check = "kld(q8_0) <= 0.001"'
+        )
+    )
+    options = suite.SuiteOptions(models=("smollm2-135m",), configs=("q8_0",), binary=fake_binary)
+    with pytest.raises(GateFailed) as err:
+        suite.run(project, options)
+    assert err.value.exit_code == 21
+    assert "kld(q8_0) <= 0.001: 0.003869 <= 0.001 does not hold" in str(err.value)
