@@ -17,7 +17,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -330,19 +330,12 @@ class ChunkProgress:
 
 
 class Runner:
-    """Runs one model's suite, one llama-perplexity at a time (they use every thread)."""
+    """Runs llama-perplexity one at a time (each run uses every thread it is given)."""
 
-    def __init__(
-        self,
-        paths: Paths,
-        settings: RunSettings,
-        log_dir: Path,
-        on_done: Callable[[str, float], None] | None = None,
-    ) -> None:
+    def __init__(self, paths: Paths, settings: RunSettings, log_dir: Path) -> None:
         self.paths = paths
         self.settings = settings
         self.log_dir = log_dir
-        self.on_done = on_done
         self.seconds_per_chunk: float | None = None
 
     def _run(self, label: str, log: Path, cmd: Sequence[str | Path]) -> tuple[str, float]:
@@ -364,8 +357,6 @@ class Runner:
                 f"{label}: llama-perplexity exited {result.returncode}\n{tail}\n  full log: {log}"
             )
         self.seconds_per_chunk = seconds / max(self.settings.chunks, 1)
-        if self.on_done is not None:
-            self.on_done(label, seconds)
         return result.output, seconds
 
     def base(
