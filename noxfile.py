@@ -54,6 +54,13 @@ def perplexity(session: nox.Session) -> None:
     session.run("python", "-m", "harness", "perplexity", *session.posargs)
 
 
+@nox.session(requires=["build"], default=False)
+def bench(session: nox.Session) -> None:
+    """Speed and KV memory per cache type as ratios to f16 (slow). Posargs: `-- --help`."""
+    _install(session)
+    session.run("python", "-m", "harness", "bench", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite. Posargs go to pytest (e.g. `-- -k patches -x`)."""

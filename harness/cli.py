@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness import bench, ggml_parity, models, parity, patches, suite
 from harness import build as build_mod
-from harness import patches, suite
 from harness.config import Paths, load_pin
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.lock import exclusive
 from harness.upstream import FetchMode, Upstream, ensure_upstream
 
@@ -80,6 +81,58 @@ def cmd_patches(args: argparse.Namespace, paths: Paths) -> None:
 def cmd_fetch(args: argparse.Namespace, paths: Paths) -> None:
     up = _upstream(args, paths)
     print(f"{up.commit} ({up.origin}) in {up.repo}")
+
+
+def _built(paths: Paths) -> build_mod.BuildResult:
+    """The CPU build that `build` made; the later stages never build on their own."""
+    directory = build_mod.build_dir(paths, build_mod.BuildOptions())
+    if not (directory / build_mod.STAMP).is_file() or not (directory / "bin").is_dir():
+        raise ConfigError(f"no build in {directory}; run `nox -s build` first")
+    return build_mod.BuildResult(directory, 0, False)
+
+
+def _report_path(paths: Paths, stem: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return paths.repo / "reports" / f"{stem}-{stamp}.json"
+
+
+def cmd_parity(args: argparse.Namespace, paths: Paths) -> None:
+    built = _built(paths)
+    parity.run_parity(
+        built.kernels,
+        vectors=args.vectors,
+        filter=args.k,
+        json_out=_report_path(paths, "parity"),
+        bench=not args.no_bench,
+    )
+    if args.k is None:
+        ggml_parity.run_ggml_parity(
+            built.bin, paths.checkout / "ggml/include/ggml.h", vectors=args.ggml_vectors
+        )
+
+
+def cmd_bench(args: argparse.Namespace, paths: Paths) -> None:
+    built = _built(paths)
+    lock = models.load_lock(paths.repo / "models.toml")
+    model = models.ensure_model(paths, lock.model(args.model))
+    plan = bench.BenchPlan(
+        model=model,
+        types=tuple(args.types.split(",")),
+        depths=tuple(int(d) for d in args.depths.split(",")),
+        n_prompt=args.pp,
+        n_gen=args.tg,
+        rounds=args.rounds,
+        threads=args.threads,
+    )
+    results = bench.run_bench(built.bin, plan, paths.logs / "bench.log")
+    text, missed = bench.table(results, plan)
+    print(f"\nllama-bench on {args.model} ({plan.rounds} interleaved rounds, medians)\n{text}")
+    for line in missed:
+        print(f"speed target missed: {line}")
+    out = _report_path(paths, "bench")
+    bench.write_json(results, plan, out)
+    print(f"wrote {out}")
+    bench.check_memory(results)
 
 
 def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
@@ -170,6 +223,41 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="llama-perplexity threads (default 2)")
     p.add_argument("--bin", type=Path, help="llama-perplexity to run (default: build/cpu/bin)")
     p.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("parity", help="check the kernels and the built ggml against reference/")
+    p.add_argument(
+        "-k",
+        metavar="PATTERN",
+        help="only the kernel cases whose name matches (glob); replays one case",
+    )
+    p.add_argument(
+        "--vectors",
+        type=int,
+        default=parity.DEFAULT_VECTORS,
+        help="random vectors per format and block for the kernels",
+    )
+    p.add_argument(
+        "--ggml-vectors",
+        type=int,
+        default=100_000,
+        help="random vectors per turbo type pushed through the built ggml",
+    )
+    p.add_argument("--no-bench", action="store_true", help="skip the throughput benchmark")
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("bench", help="llama-bench speed and KV memory per cache type, vs f16")
+    p.add_argument("--model", default="smollm2-135m", help="model name from models.toml")
+    p.add_argument(
+        "--types",
+        default=",".join(bench.BenchPlan.types),
+        help="cache types (K and V alike), f16 first",
+    )
+    p.add_argument("--depths", default="0,4096", help="KV depths to measure at")
+    p.add_argument("--pp", type=int, default=512, help="prompt tokens (pp test)")
+    p.add_argument("--tg", type=int, default=128, help="generated tokens (tg test)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_bench)
     return top
 
 

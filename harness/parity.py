@@ -331,7 +331,7 @@ def _special_rows(rng: np.random.Generator, n: int, values: Iterable[float]) -> 
 
 
 @cache
-def _adversarial_rows(fmt: Format) -> dict[str, np.ndarray]:
+def adversarial_rows(fmt: Format) -> dict[str, np.ndarray]:
     n = fmt.block
     rng = _rng(fmt.bits, n, 99)
     f32 = np.float32
@@ -462,7 +462,7 @@ def generate_cases(vectors: int = DEFAULT_VECTORS) -> Iterator[CaseSpec]:
 
 
 def _adversarial_case(name: str, fmt: Format, what: str) -> Case:
-    return Case(name, "encode", fmt.block, fmt, _adversarial_rows(fmt)[what])
+    return Case(name, "encode", fmt.block, fmt, adversarial_rows(fmt)[what])
 
 
 def _decode_case(name: str, fmt: Format, what: str) -> Case:

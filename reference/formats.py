@@ -90,7 +90,8 @@ def quantize_with_norm_rule(
     corrected: d = gamma / ||C[idx]||, so the decoded block has the input's norm.
     """
     n = _check_rows(y)
-    yd = y.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # signalling NaN inputs turn quiet, as in C
+        yd = y.astype(np.float64)
     gamma = np.sqrt(lane8_sum(yd * yd))
     finite = np.isfinite(gamma)
     nonzero = finite & (gamma > 0)

@@ -61,7 +61,7 @@ def test_simd_path_is_used_where_the_cpu_has_it(kernels: parity.Kernels) -> None
 
 @pytest.mark.parametrize("fmt", ALL, ids=[f.name for f in ALL])
 def test_adversarial_set_hits_what_it_claims(fmt: ref.Format) -> None:
-    rows = parity._adversarial_rows(fmt)
+    rows = parity.adversarial_rows(fmt)
     mids = codebook.midpoints(fmt.bits, fmt.block)
     # One exact tie (u == m, computed as the contract does) for every nonzero midpoint...
     assert parity.exact_ties(rows["exact-ties"], fmt) == np.count_nonzero(mids)

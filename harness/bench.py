@@ -1,0 +1,171 @@
+"""Speed and KV memory of the cache types, as ratios to f16 measured side by side in one run.
+
+This machine is noisy, so absolute tokens/s mean little; the ratios come from llama-bench
+runs interleaved type by type (f16, q8_0, ..., then again), one repetition each, and each
+number is the median over the rounds. KV bytes per token come from llama.cpp's own log line
+(``llama_kv_cache: size = ... K (type): x MiB, V (type): y MiB``), not from nominal bits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness import proc
+from harness.errors import CommandFailed, GateFailed
+from harness.progress import Progress
+
+KV_LINE = re.compile(
+    r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers.*?"
+    r"K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB"
+)
+
+# Issue targets: memory is deterministic and gated; speed is reported against its target.
+MEMORY_TARGETS = {"turbo3": 0.20, "turbo4": 0.26}
+SPEED_TARGETS = {
+    ("turbo3", "tg", 0): 0.95,
+    ("turbo3", "tg", 4096): 1.0,
+    ("turbo3", "pp", 0): 0.97,
+}
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    model: Path
+    types: tuple[str, ...] = ("f16", "q8_0", "q4_0", "turbo3", "turbo4")
+    depths: tuple[int, ...] = (0, 4096)
+    n_prompt: int = 512
+    n_gen: int = 128
+    rounds: int = 3
+    threads: int = 2
+
+
+@dataclass
+class TypeResult:
+    cache_type: str
+    stored_type: str = ""
+    kv_bytes_per_token: float = 0.0
+    speed: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, key: str) -> float:
+        return statistics.median(self.speed[key])
+
+
+def kv_bytes_per_token(log: str) -> tuple[str, float]:
+    """(stored K type, bytes per token over all layers) from llama.cpp's KV-cache log line."""
+    m = KV_LINE.search(log)
+    if not m:
+        raise CommandFailed("llama-bench -v printed no `llama_kv_cache: size` line to read")
+    cells = int(m.group(2))
+    k_mib, v_mib = float(m.group(5)), float(m.group(7))
+    return m.group(4), (k_mib + v_mib) * 2**20 / cells
+
+
+def _run_one(bench: Path, plan: BenchPlan, cache_type: str, log: Path) -> tuple[list[dict], str]:
+    out = proc.run(
+        [
+            bench,
+            "-m",
+            plan.model,
+            "-p",
+            str(plan.n_prompt),
+            "-n",
+            str(plan.n_gen),
+            "-d",
+            ",".join(str(d) for d in plan.depths),
+            "-r",
+            "1",
+            "-fa",
+            "1",
+            "-t",
+            str(plan.threads),
+            "-ctk",
+            cache_type,
+            "-ctv",
+            cache_type,
+            "-o",
+            "json",
+            "-v",
+        ],
+        log=log,
+        what=f"llama-bench {cache_type}",
+        quiet=True,
+    ).output
+    start = out.index("[\n") if "[\n" in out else out.find("[")
+    rows = json.JSONDecoder().raw_decode(out[start:])[0]
+    return rows, out
+
+
+def run_bench(bin_dir: Path, plan: BenchPlan, log: Path) -> dict[str, TypeResult]:
+    bench = bin_dir / "llama-bench"
+    results = {t: TypeResult(t) for t in plan.types}
+    progress = Progress("llama-bench", every=30)
+    total = plan.rounds * len(plan.types)
+    for r in range(plan.rounds):
+        for i, t in enumerate(plan.types):
+            progress.steps(r * len(plan.types) + i, total, None)
+            rows, out = _run_one(bench, plan, t, log)
+            res = results[t]
+            res.stored_type, res.kv_bytes_per_token = kv_bytes_per_token(out)
+            for row in rows:
+                kind = "pp" if row["n_prompt"] else "tg"
+                res.speed.setdefault(f"{kind}@{row['n_depth']}", []).append(row["avg_ts"])
+    progress.done(f"{total} llama-bench runs")
+    return results
+
+
+def table(results: dict[str, TypeResult], plan: BenchPlan) -> tuple[str, list[str]]:
+    """Markdown table of medians and ratios to f16; the list of missed targets."""
+    base = results["f16"]
+    keys = [f"{k}@{d}" for d in plan.depths for k in ("pp", "tg")]
+    head = (
+        "| type | stored as | KV B/token | vs f16 | "
+        + " | ".join(f"{k.replace('@', ' d')} t/s (vs f16)" for k in keys)
+        + " |"
+    )
+    lines = [head, "|" + "---|" * (4 + len(keys))]
+    missed: list[str] = []
+    for t, res in results.items():
+        mem = res.kv_bytes_per_token / base.kv_bytes_per_token
+        cells = []
+        for k in keys:
+            ratio = res.median(k) / base.median(k)
+            kind, depth = k.split("@")
+            target = SPEED_TARGETS.get((t, kind, int(depth)))
+            mark = ""
+            if target is not None:
+                mark = f" {'meets' if ratio >= target else 'misses'} {target}"
+                if ratio < target:
+                    missed.append(f"{t} {kind} at depth {depth}: {ratio:.2f}x f16 < {target}")
+            cells.append(f"{res.median(k):.1f} ({ratio:.2f}x{mark})")
+        lines.append(
+            f"| {t} | {res.stored_type} | {res.kv_bytes_per_token:.0f} | {mem:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines), missed
+
+
+def check_memory(results: dict[str, TypeResult], head_dim: int | None = None) -> None:
+    base = results["f16"].kv_bytes_per_token
+    failures = [
+        f"{t}: KV {results[t].kv_bytes_per_token / base:.3f} of f16 > {limit}"
+        for t, limit in MEMORY_TARGETS.items()
+        if t in results
+        and results[t].kv_bytes_per_token / base > limit
+        and results[t].stored_type == t  # block-64 variants pay 1/8 bit more by design
+    ]
+    if failures:
+        raise GateFailed("KV memory target missed: " + "; ".join(failures))
+
+
+def write_json(results: dict[str, TypeResult], plan: BenchPlan, path: Path) -> None:
+    data = {
+        "plan": {**asdict(plan), "model": str(plan.model)},
+        "results": {t: asdict(r) for t, r in results.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
