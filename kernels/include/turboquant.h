@@ -61,10 +61,6 @@ TQ_API int tq_dequantize_row_simd(int bits, int n, const void *src, float *y, in
  */
 TQ_API int tq_vec_dot_f32(int bits, int n, const void *x, const float *y, int64_t k, float *out);
 
-/* D1 (which = 1) or D2 (which = 2) of the rotation: TQ_MAX_BLOCK floats of +-1 (blocks of 64
- * use the first 64); NULL for any other `which`. */
-TQ_API const float *tq_rotation_signs(int which);
-
 /*
  * In-place randomized Walsh-Hadamard rotation of k/n consecutive blocks of n (64 or 128)
  * floats. Returns TQ_OK, or an error code without touching x.
