@@ -102,8 +102,10 @@ def _version(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
         return "absent"
+    # The version, not the path: each nox session has its own venv copy of cmake and ninja,
+    # and the same tool at another path must not reset the build directory.
     out = proc.run([path, "--version"], check=False, quiet=True).output.strip()
-    return f"{path}: {out.splitlines()[0] if out else '?'}"
+    return out.splitlines()[0] if out else "?"
 
 
 def _compilers() -> dict[str, str]:
