@@ -83,6 +83,7 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
     )
     text = corpus.ensure_text(paths, lock.text)
     identity = build_identity(binary)
+    version = _version(binary)
 
     directory = report.new_dir(paths.repo / "reports")
     runner = Runner(paths, settings, directory / "logs")
@@ -131,7 +132,7 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
             "threads": settings.threads,
             "flash_attn": "on",
         },
-        "binary": {"path": str(binary), "version": _version(binary)},
+        "binary": {"path": str(binary), "version": version},
         "build": identity,
         "patches_digest": _patches_digest(paths),
         "kernels_digest": kernels_digest(paths) if paths.kernels.is_dir() else None,
