@@ -87,15 +87,21 @@ def _run_one(bench: Path, plan: BenchPlan, cache_type: str, log: Path) -> tuple[
             "-ctv",
             cache_type,
             "-o",
-            "json",
+            "jsonl",
             "-v",
         ],
         log=log,
         what=f"llama-bench {cache_type}",
         quiet=True,
     ).output
-    start = out.index("[\n") if "[\n" in out else out.find("[")
-    rows = json.JSONDecoder().raw_decode(out[start:])[0]
+    # -v sends llama.cpp's log (the KV line) to stderr, which the wrapper merges with stdout;
+    # jsonl keeps each result on one line of its own, so the two cannot tangle.
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"build_commit"')]
+    if len(rows) != 2 * len(plan.depths):
+        raise CommandFailed(
+            f"llama-bench {cache_type}: expected {2 * len(plan.depths)} results, "
+            f"read {len(rows)} (log: {log})"
+        )
     return rows, out
 
 
