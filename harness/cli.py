@@ -148,6 +148,7 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
             chunks=args.chunks,
             threads=args.threads,
             binary=args.bin,
+            backend=args.backend,
         ),
     )
 
@@ -221,7 +222,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--chunks", type=int, help="chunks of 512 tokens per run")
     p.add_argument("--threads", type=int, default=2, help="llama-perplexity threads (default 2)")
-    p.add_argument("--bin", type=Path, help="llama-perplexity to run (default: build/cpu/bin)")
+    p.add_argument(
+        "--backend",
+        choices=[b.value for b in build_mod.Backend],
+        default="cpu",
+        help="run build/BACKEND/bin/llama-perplexity (`nox -s build -- --backend BACKEND` "
+        "makes it); metal and cuda offload every layer (-ngl 99)",
+    )
+    p.add_argument("--bin", type=Path, help="llama-perplexity to run (default: build/BACKEND/bin)")
     p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("parity", help="check the kernels and the built ggml against reference/")

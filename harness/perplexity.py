@@ -244,11 +244,14 @@ class RunSettings:
     ctx: int = 512
     chunks: int = 8
     threads: int = 2
+    # -ngl; None passes none, so a CPU build runs as it always did.
+    gpu_layers: int | None = None
 
     def common(self, model: Path, text: Path) -> list[str | Path]:
         # llama-perplexity block-buffers stdout into a pipe, which would hold back the
         # per-chunk rows the progress line counts until the run ends.
         line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
+        offload = [] if self.gpu_layers is None else ["-ngl", str(self.gpu_layers)]
         return [
             *line_buffered,
             self.binary,
@@ -268,6 +271,7 @@ class RunSettings:
             str(self.chunks),
             "-lv",
             VERBOSITY,
+            *offload,
         ]
 
 

@@ -31,14 +31,21 @@ class SuiteOptions:
     chunks: int | None = None
     threads: int = 2
     binary: Path | None = None
+    backend: str = "cpu"
+
+    @property
+    def gpu_layers(self) -> int | None:
+        # 99 is more layers than any model has: every layer and its KV cache on the GPU.
+        return None if self.backend == "cpu" else 99
 
 
-def _binary(paths: Paths, given: Path | None) -> Path:
-    binary = given or paths.build / "cpu" / "bin" / "llama-perplexity"
+def _binary(paths: Paths, given: Path | None, backend: str) -> Path:
+    binary = given or paths.build / backend / "bin" / "llama-perplexity"
     if not binary.is_file():
+        build = "nox -s build" + ("" if backend == "cpu" else f" -- --backend {backend}")
         raise ConfigError(
             f"{binary} does not exist",
-            hint="build it first: `nox -s build` (the perplexity session does this for you)",
+            hint=f"build it first: `{build}` (the perplexity session builds only the CPU one)",
         )
     return binary.resolve()
 
@@ -77,9 +84,12 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
         cfg = CacheConfig.parse(c)
         if cfg.k not in gate_file.bits or cfg.v not in gate_file.bits:
             raise ConfigError(f"--configs {c}: no [bits] entry in gates.toml for its types")
-    binary = _binary(paths, options.binary)
+    binary = _binary(paths, options.binary, options.backend)
     settings = RunSettings(
-        binary=binary, chunks=options.chunks or suite.chunks, threads=options.threads
+        binary=binary,
+        chunks=options.chunks or suite.chunks,
+        threads=options.threads,
+        gpu_layers=options.gpu_layers,
     )
     text = corpus.ensure_text(paths, lock.text)
     identity = build_identity(binary)
@@ -130,6 +140,7 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
             "batch": 512,
             "chunks": settings.chunks,
             "threads": settings.threads,
+            "gpu_layers": settings.gpu_layers,
             "flash_attn": "on",
         },
         "binary": {"path": str(binary), "version": version},
