@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Usage: ci/metal-backend-ops.sh [BUILD_DIR]   (default build/metal, from
+#        `nox -s build -- --backend metal`)
+#
+# Runs test-backend-ops on the Metal GPU for every turbo case (patches/0004: the write path,
+# the read paths and flash attention), each compared with the CPU backend, one op at a time.
+#
+# test-backend-ops exits 0 when it tested nothing: a -b that names no device skips every
+# device, and a case the backend does not support is skipped too. So each op must also show
+# the Metal device tested, no "not supported" case, and a non-empty "N/N tests passed".
+set -euo pipefail
+
+build=${1:-build/metal}
+binary="$build/bin/test-backend-ops"
+# ggml names Metal devices MTL0, MTL1, ...; `-b Metal` would match none of them.
+device=MTL0
+# A case line, not a log line such as Metal's "the tensor API is not supported ...".
+unsupported_case='^  [A-Z0-9_]+\(.*\): not supported'
+
+if [ ! -x "$binary" ]; then
+    echo "::error title=metal-backend-ops::$binary is missing; run \`nox -s build -- --backend metal\`" >&2
+    exit 1
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+failed=""
+for op in SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT; do
+    echo "::group::$op, turbo cases, on $device"
+    status=0
+    "$binary" test -b "$device" -o "$op" -p turbo >"$log" 2>&1 || status=$?
+    cat "$log"
+    echo "::endgroup::"
+
+    problem=""
+    if [ "$status" -ne 0 ]; then
+        problem="exit status $status"
+    elif ! grep -q "^Backend [0-9]*/[0-9]*: $device\$" "$log"; then
+        problem="no device $device (not a Metal build, or no Apple GPU)"
+    elif grep -A1 "^Backend [0-9]*/[0-9]*: $device\$" "$log" | grep -q '^  Skipping'; then
+        problem="device $device was skipped"
+    elif grep -Eq "$unsupported_case" "$log"; then
+        problem="$(grep -Ec "$unsupported_case" "$log") case(s) not supported on $device"
+    else
+        passed=$(sed -n 's/^ *\([0-9]*\)\/\([0-9]*\) tests passed$/\1 \2/p' "$log" | head -n 1)
+        read -r ok total <<<"${passed:-0 0}"
+        if [ "$total" -eq 0 ]; then
+            problem="no turbo case ran"
+        elif [ "$ok" -ne "$total" ]; then
+            problem="$ok/$total cases passed"
+        fi
+    fi
+    if [ -n "$problem" ]; then
+        echo "::error title=test-backend-ops $op on $device::$problem" >&2
+        failed="$failed $op"
+    fi
+done
+
+if [ -n "$failed" ]; then
+    echo "test-backend-ops failed on $device for:$failed" >&2
+    exit 1
+fi
+echo "test-backend-ops: every turbo case of SET_ROWS, GET_ROWS, CPY and FLASH_ATTN_EXT passed on $device"
