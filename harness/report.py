@@ -200,37 +200,56 @@ def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> li
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda y, _: f"{y:g}")
 
     n = len(models)
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.5), squeeze=False)
+    # One marker and colour per configuration, the same in every panel, named in a legend:
+    # labels written beside the points collide where several sit near 4-4.5 bits.
+    order = list(dict.fromkeys(c for m in models for c in m.configs if c != "f16"))
+    markers = "osD^vP*Xhp<>"
+    style = {c: (f"C{i % 10}", markers[i % len(markers)]) for i, c in enumerate(order)}
+    fig, axes = plt.subplots(1, n, figsize=(5.0 * n + 2.0, 4.5), squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
-        pts = [
-            (_bits(gate_file, c), r.kld.value, c)
-            for c, r in m.results.items()
-            if r.kld is not None and r.kld.value > 0
-        ]
-        for x, y, label in pts:
-            ax.scatter([x], [y], color="C1" if "turbo" in label else "C0", zorder=3)
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for c in m.configs:
+            r = m.results.get(c)
+            if r is None or r.kld is None or r.kld.value <= 0:
+                continue
+            color, marker = style[c]
+            ax.scatter(
+                [_bits(gate_file, c)],
+                [r.kld.value],
+                color=color,
+                marker=marker,
+                s=50,
+                zorder=3,
+                label=c,
+            )
         q4 = m.results.get("q4_0")
         if q4 is not None and q4.kld is not None and q4.kld.value > 0:
             xs = [2.0 + 0.05 * i for i in range(141)]
             line = [q4.kld.value * 4 ** (4.5 - x) for x in xs]
             ax.plot(xs, line, "--", color="grey", lw=1, label="q4_0 line: 4× per bit")
             ax.plot(xs, [0.8 * y for y in line], ":", color="grey", lw=1, label="gate: 0.8×")
-            ax.legend(fontsize=8, loc="upper right")
         ax.set_yscale("log")
         ax.set_xlabel("bits per value (K and V averaged)")
         ax.set_ylabel("mean KLD vs f16 KV cache")
         ax.set_title(m.pin.name)
         ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    handles: dict[str, object] = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / (5.0 * n + 2.0), 1))
     kld_png = directory / "kld-vs-bits.png"
     fig.savefig(kld_png, dpi=110)
     plt.close(fig)
 
-    # Top: PPL with its own error. Bottom: the change against the f16 base with the error
-    # of the paired ratio, which is far smaller because both runs score the same tokens.
+    # Top: PPL with its own error. Bottom: the change against the f16 run with the error of
+    # llama.cpp's paired ratio, far smaller because both runs score the same tokens. Both
+    # on log scales: a broken configuration (turbo2) would flatten everything else.
     fig, axes = plt.subplots(2, n, figsize=(5.5 * n, 7.5), squeeze=False, sharex="col")
     for col, m in enumerate(models):
         top, bottom = axes[0][col], axes[1][col]
@@ -246,23 +265,31 @@ def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> li
         if "f16" in m.results:
             top.axhline(m.results["f16"].ppl.value, color="grey", lw=1, ls="--", label="f16")
             top.legend(fontsize=8)
+        top.set_yscale("log")
+        top.yaxis.set_major_formatter(plain)
+        top.yaxis.set_minor_formatter(plain)
         top.set_ylabel("perplexity")
         top.set_title(m.pin.name)
-        top.grid(True, axis="y", alpha=0.3)
-        paired = [c for c in names if m.results[c].ppl_ratio is not None]
-        ratios = [m.results[c].ppl_ratio for c in paired]
+        top.grid(True, axis="y", which="both", alpha=0.3)
+        f16 = m.results.get("f16")
+        paired = [(i, c) for i, c in enumerate(names) if m.results[c].ppl_ratio is not None]
+        changes = [ppl_change_pct(m.results[c], f16) or 0.0 for _, c in paired]
         bottom.errorbar(
-            [names.index(c) for c in paired],
-            [(r.value - 1) * 100 for r in ratios if r is not None],
-            yerr=[r.error * 100 for r in ratios if r is not None],
+            [i for i, _ in paired],
+            changes,
+            yerr=[m.results[c].ppl_ratio.error * 100 for _, c in paired],  # type: ignore[union-attr]
             fmt="o",
             capsize=3,
             color="C1",
         )
         bottom.axhline(0, color="grey", lw=1, ls="--")
-        bottom.set_ylabel("PPL change vs f16 base, %")
+        bottom.set_yscale("symlog", linthresh=1.0)
+        if changes:  # symlog autoscaling clips the largest point
+            bottom.set_ylim(min(-1.0, 2 * min(changes)), max(1.0, 2 * max(changes)))
+        bottom.yaxis.set_major_formatter(plain)
+        bottom.set_ylabel("PPL change vs f16, %")
         bottom.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
-        bottom.grid(True, axis="y", alpha=0.3)
+        bottom.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     ppl_png = directory / "ppl.png"
     fig.savefig(ppl_png, dpi=110)
