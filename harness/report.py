@@ -100,6 +100,15 @@ def _pm(value: float | None, error: float | None, digits: int) -> str:
     return shown if error is None else f"{shown} ± {error:.{digits}f}"
 
 
+def _stored_as(config: str, r: RunResult) -> str:
+    """The configuration, and what llama.cpp really stored when it adapted the type (turbo
+    types on heads that are not a multiple of 128 use their block-64 variant)."""
+    k, _, v = config.partition("/")
+    wanted = (k, v or k)
+    stored = (r.kv.k_type, r.kv.v_type)
+    return config if stored == wanted else f"{config} (stored {stored[0]}/{stored[1]})"
+
+
 def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateFile) -> str:
     s = report["settings"]
     out = [
@@ -145,7 +154,7 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
                 "| "
                 + " | ".join(
                     [
-                        config,
+                        _stored_as(config, r),
                         f"{row['bits_per_value']:g} ({row['kv_bits_per_value_allocated']:.2f})",
                         f"{row['kv_bytes_per_token']:.0f}",
                         "–" if ratio is None else f"{ratio:.3f}",

@@ -60,3 +60,22 @@ def test_report_files_and_table(tmp_path: Path) -> None:
     second = report.new_dir(root)
     report.link_latest(root, second)
     assert (root / "latest").resolve() == second.resolve()
+
+
+def test_an_adapted_cache_type_is_named_in_the_table() -> None:
+    """turbo types on heads of 64 are stored as their block-64 variant: the report says so."""
+    from types import SimpleNamespace
+
+    from harness.report import _stored_as
+
+    def run(k: str, v: str) -> SimpleNamespace:
+        return SimpleNamespace(kv=SimpleNamespace(k_type=k, v_type=v))
+
+    assert _stored_as("turbo3", run("turbo3_64", "turbo3_64")) == (
+        "turbo3 (stored turbo3_64/turbo3_64)"
+    )
+    assert _stored_as("q8_0/turbo3", run("q8_0", "turbo3_64")) == (
+        "q8_0/turbo3 (stored q8_0/turbo3_64)"
+    )
+    assert _stored_as("q4_0", run("q4_0", "q4_0")) == "q4_0"
+    assert _stored_as("turbo5/turbo3", run("turbo5", "turbo3")) == "turbo5/turbo3"
