@@ -149,7 +149,10 @@ def open_checkout(paths: Paths, upstream: Upstream) -> git.Repo:
 
 
 def _dirty_paths(repo: git.Repo) -> list[str]:
-    return [line for line in repo.git.status("--porcelain").splitlines() if line.strip()]
+    # --no-optional-locks: a plain status rewrites .git/index when it refreshes stat data,
+    # and llama.cpp's CMake watches that file, so a no-op build would re-run CMake.
+    out = repo.git.execute(["git", "--no-optional-locks", "status", "--porcelain"])
+    return [line for line in out.splitlines() if line.strip()]
 
 
 def render(repo: git.Repo) -> dict[str, bytes]:
