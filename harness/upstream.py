@@ -134,20 +134,10 @@ def _download_sdist(paths: Paths, pin: UpstreamPin, log: Path) -> Path:
     paths.downloads.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.downloads, prefix=".partial-") as tmp:
         progress = Progress(f"downloading {sd.package}=={sd.version}")
-        proc.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "--disable-pip-version-check",
-                f"{sd.package}=={sd.version}",
-                "-d",
-                tmp,
-            ],
+        proc.pip_download(
+            [f"{sd.package}=={sd.version}"],
+            Path(tmp),
+            sdist=True,
             log=log,
             on_line=progress.tick,
             error=FetchError,
