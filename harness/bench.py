@@ -9,19 +9,14 @@ number is the median over the rounds. KV bytes per token come from llama.cpp's o
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import proc
 from harness.errors import CommandFailed, GateFailed
+from harness.perplexity import kv_allocation
 from harness.progress import Progress
-
-KV_LINE = re.compile(
-    r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers.*?"
-    r"K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB"
-)
 
 # Issue targets: memory is deterministic and gated; speed is reported against its target.
 MEMORY_TARGETS = {"turbo3": 0.20, "turbo4": 0.26}
@@ -52,16 +47,6 @@ class TypeResult:
 
     def median(self, key: str) -> float:
         return statistics.median(self.speed[key])
-
-
-def kv_bytes_per_token(log: str) -> tuple[str, float]:
-    """(stored K type, bytes per token over all layers) from llama.cpp's KV-cache log line."""
-    m = KV_LINE.search(log)
-    if not m:
-        raise CommandFailed("llama-bench -v printed no `llama_kv_cache: size` line to read")
-    cells = int(m.group(2))
-    k_mib, v_mib = float(m.group(5)), float(m.group(7))
-    return m.group(4), (k_mib + v_mib) * 2**20 / cells
 
 
 def _run_one(bench: Path, plan: BenchPlan, cache_type: str, log: Path) -> tuple[list[dict], str]:
@@ -115,7 +100,9 @@ def run_bench(bin_dir: Path, plan: BenchPlan, log: Path) -> dict[str, TypeResult
             progress.steps(r * len(plan.types) + i, total, None)
             rows, out = _run_one(bench, plan, t, log)
             res = results[t]
-            res.stored_type, res.kv_bytes_per_token = kv_bytes_per_token(out)
+            # summed over all of llama.cpp's caches (Gemma 3 has a full and a sliding one)
+            kv = kv_allocation(out, f"llama-bench {t}")
+            res.stored_type, res.kv_bytes_per_token = kv.k_type, kv.bytes_per_token
             for row in rows:
                 kind = "pp" if row["n_prompt"] else "tg"
                 res.speed.setdefault(f"{kind}@{row['n_depth']}", []).append(row["avg_ts"])

@@ -144,7 +144,7 @@ def ppl_change_pct(result: RunResult, f16: RunResult | None) -> float | None:
     return None if f16 is None else (result.ppl.value / f16.ppl.value - 1.0) * 100.0
 
 
-def _kv(text: str, where: str) -> KvAllocation:
+def kv_allocation(text: str, where: str) -> KvAllocation:
     rows = KV_LINE.findall(text)
     if not rows:
         raise ParseError(f"{where}: no `llama_kv_cache: size = ...` line (run with -lv 4?)")
@@ -199,7 +199,7 @@ def parse_base(text: str, config: str = "f16", where: str = "llama-perplexity") 
         chunks=chunks,
         ctx=ctx,
         ppl=Estimate(float(m.group(1)), float(m.group(2))),
-        kv=_kv(text, where),
+        kv=kv_allocation(text, where),
         rotation=_rotation(text),
     )
 
@@ -224,7 +224,7 @@ def parse_kld(text: str, config: str, where: str = "llama-perplexity") -> RunRes
         chunks=chunks,
         ctx=ctx,
         ppl=found["ppl"],
-        kv=_kv(text, where),
+        kv=kv_allocation(text, where),
         rotation=_rotation(text),
         ppl_base=found["ppl_base"],
         ppl_ratio=found["ppl_ratio"],
