@@ -48,7 +48,7 @@ ROTATION_NAN_AS_CLASS = (
 TOLERANCES = {"decode": "bit-exact", "encode": "bit-exact", "rotation": ROTATION_NAN_AS_CLASS}
 
 ENCODERS = ("scalar", "simd", "dispatch", "metal")
-DECODERS = ("scalar", "simd", "dispatch", "metal", "metal-elementwise")
+DECODERS = ("scalar", "simd", "dispatch", "metal", "metal-t4")
 ROTATORS = ("scalar", "simd", "dispatch")
 
 CHUNK = 32768
@@ -99,7 +99,7 @@ class Kernels:
         self.encoders["metal"] = self.shim.tq_metal_quantize_row
         self.decoders = {p: self.lib[f"tq_dequantize_row{s}"] for p, s in suffix.items()}
         self.decoders["metal"] = self.shim.tq_metal_dequantize_row
-        self.decoders["metal-elementwise"] = self.shim.tq_metal_dequantize_row_elementwise
+        self.decoders["metal-t4"] = self.shim.tq_metal_dequantize_row_t4
         self.rotators = {
             (p, d): self.lib[f"tq_rotate_{d}{s}"]
             for p, s in suffix.items()

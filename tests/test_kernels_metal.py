@@ -16,14 +16,14 @@ from harness import proc
 from harness.config import REPO_ROOT
 
 METAL = REPO_ROOT / "kernels" / "metal"
-HEADERS = [METAL / "turboquant_metal.h", METAL / "turboquant_metal_codebook.h"]
+CODE = [METAL / "turboquant_metal.h", METAL / "turboquant_metal_ggml.h"]
+HEADERS = [*CODE, METAL / "turboquant_metal_tables.h"]
 ADDRESS_SPACES = ("device", "constant", "thread", "threadgroup")
 
 
 def _code(path: Path) -> str:
     """The header as the Metal compiler sees it: preprocessed with __METAL_VERSION__ set and
-    no system headers (host-only sections drop out, comments go, the codebook header is
-    inlined)."""
+    no system headers (comments go, the headers it includes are inlined)."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         pytest.skip("no C preprocessor")
@@ -47,8 +47,10 @@ def _code(path: Path) -> str:
 
 
 def _signatures(code: str) -> list[tuple[str, str]]:
-    """(function name, parameter list) of every inline function."""
-    return re.findall(r"inline\s+[\w\s]+?\b(\w+)\s*\(([^)]*)\)\s*\{", code)
+    """(function name, parameter list) of every inline or template function."""
+    return re.findall(
+        r"(?:inline|template\s*<[^>]*>)\s+[\w\s*]+?\b(\w+)\s*\(([^)]*)\)\s*\{", code
+    )
 
 
 @pytest.mark.parametrize("path", HEADERS, ids=lambda p: p.name)
@@ -67,21 +69,25 @@ def test_no_constructs_metal_rejects(path: Path) -> None:
     ):
         assert not re.search(banned, code), f"{path.name}: {banned}"
     # Preprocessing with -nostdinc already failed on any system include Metal would see.
-    assert "tq_metal_codebook_fill" not in code  # host-only
 
 
 def test_every_pointer_and_reference_parameter_has_an_address_space() -> None:
-    signatures = _signatures(_code(METAL / "turboquant_metal.h"))
-    assert len(signatures) > 15
+    signatures = _signatures(_code(METAL / "turboquant_metal_ggml.h"))
+    names = {name for name, _ in signatures}
+    assert {"quantize_turbo", "dequantize_turbo", "dequantize_turbo_t4"} <= names
+    assert {"tq_quantize_block", "tq_dequantize_4", "tq_metal_level", "tq_metal_mid"} <= names
     for name, params in signatures:
-        for param in filter(None, (p.strip() for p in params.split(","))):
+        # Commas inside template arguments (block_tq<B, N>) do not split parameters.
+        for param in filter(None, (p.strip() for p in re.split(r",(?![^<]*>)", params))):
             if "*" in param or "&" in param:
                 assert param.split()[0] in ADDRESS_SPACES, f"{name}: {param}"
 
 
-def test_no_table_numbers_in_the_metal_code() -> None:
-    """Levels and midpoints come from the host, filled from the generated tables."""
-    code = re.sub(r"0[xX][0-9a-fA-F]+", "", _code(METAL / "turboquant_metal.h"))
+@pytest.mark.parametrize("path", CODE, ids=lambda p: p.name)
+def test_no_table_numbers_in_the_metal_code(path: Path) -> None:
+    """Levels and midpoints live only in the generated turboquant_metal_tables.h."""
+    text = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
+    code = re.sub(r"0[xX][0-9a-fA-F]+", "", text)
     assert not re.search(r"\d\.\d|\d[eE][+-]?\d", code)
 
 

@@ -143,7 +143,7 @@ ROW_FUNCTIONS = [
     ("lib", "tq_dequantize_row_simd"),
     ("shim", "tq_metal_quantize_row"),
     ("shim", "tq_metal_dequantize_row"),
-    ("shim", "tq_metal_dequantize_row_elementwise"),
+    ("shim", "tq_metal_dequantize_row_t4"),
 ]
 
 

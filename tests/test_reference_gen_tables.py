@@ -1,4 +1,4 @@
-"""The generated C header is current, and its literals are the reference's numbers exactly."""
+"""The generated headers are current, and their literals are the reference's numbers exactly."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ARRAY = re.compile(r"static const (float|double) (\w+)\[(\d+)\] = \{(.*?)\};", r
 
 
 def parsed_header() -> dict[str, tuple[str, list[str]]]:
-    text = gen_tables.HEADER.read_text()
+    text = (gen_tables.REPO / gen_tables.HEADER).read_text()
     return {
         name: (ctype, [lit.strip() for lit in body.split(",") if lit.strip()])
         for ctype, name, _, body in ARRAY.findall(text)
@@ -27,16 +27,21 @@ def test_checked_in_header_is_current() -> None:
     assert gen_tables.main(["--check"]) == 0
 
 
-def test_check_fails_on_a_changed_value(tmp_path: Path) -> None:
-    copy = tmp_path / "turboquant_tables.h"
-    text = gen_tables.HEADER.read_text()
-    copy.write_text(text)
-    assert gen_tables.main(["--check", "--output", str(copy)]) == 0
-    first = parsed_header()["tq_levels_b3_n128"][1][0]
+@pytest.mark.parametrize("which", [gen_tables.HEADER, gen_tables.METAL_HEADER], ids=str)
+def test_check_fails_on_a_changed_value(tmp_path: Path, which: Path) -> None:
+    root = tmp_path / "root"
+    assert gen_tables.main(["--root", str(root)]) == 0
+    assert gen_tables.main(["--check", "--root", str(root)]) == 0
+    copy = root / which
+    text = copy.read_text()
+    # The largest level: the Metal header writes magnitudes, so no sign in front of it.
+    first = parsed_header()["tq_levels_b3_n128"][1][-1]
+    assert first in text
     changed = first[:-2] + str((int(first[-2]) + 1) % 10) + "f"
     copy.write_text(text.replace(first, changed, 1))
-    assert gen_tables.main(["--check", "--output", str(copy)]) == 1
-    assert gen_tables.main(["--check", "--output", str(tmp_path / "missing.h")]) == 1
+    assert gen_tables.main(["--check", "--root", str(root)]) == 1
+    copy.unlink()
+    assert gen_tables.main(["--check", "--root", str(root)]) == 1
 
 
 def test_literals_are_exactly_the_reference_values() -> None:
@@ -56,7 +61,8 @@ def test_literals_are_exactly_the_reference_values() -> None:
             parsed = np.array([float(lit) for lit in literals])
         np.testing.assert_array_equal(parsed, values)
     assert (
-        f'#define TQ_TABLES_SHA256 "{gen_tables.tables_sha256()}"' in gen_tables.HEADER.read_text()
+        f'#define TQ_TABLES_SHA256 "{gen_tables.tables_sha256()}"'
+        in (gen_tables.REPO / gen_tables.HEADER).read_text()
     )
 
 
@@ -74,7 +80,7 @@ def test_c_compiler_reads_the_same_bits(tmp_path: Path) -> None:
     )
     exe = tmp_path / "dump"
     subprocess.run(
-        ["cc", "-std=c11", "-Wall", "-Werror", "-I", str(gen_tables.HEADER.parent),
+        ["cc", "-std=c11", "-Wall", "-Werror", "-I", str((gen_tables.REPO / gen_tables.HEADER).parent),
          str(program), "-o", str(exe)],
         check=True,
     )  # fmt: skip

@@ -1,16 +1,21 @@
 /*
- * TurboQuant block math for the Metal backend: quantize one block (set_rows), dequantize one
- * element (get_rows) or 16 consecutive elements (the flash-attention and cpy paths).
+ * TurboQuant block math for the Metal backend: quantize one block (set_rows, cpy from f32),
+ * dequantize 4 consecutive values (the flash-attention vec kernels) or 16 (get_rows, cpy,
+ * the f16 conversion before the flash-attention matrix kernels).
  *
  * Written in the subset of the Metal Shading Language that shim/metal_shim.h also compiles
  * as C++17, so `nox -s parity` runs this exact code on Linux against the numpy reference.
  * Include it after <metal_stdlib> (`using namespace metal;`) or after shim/metal_shim.h.
+ * turboquant_metal_ggml.h wraps it in the function shapes ggml's Metal kernels take.
  *
- * GPU design (issue 6):
- * - Decode reads whole bytes: 16 values of turbo3 are 4 bytes of the 2-bit plane plus 2
- *   bytes of the high-bit plane, so no value straddles a byte and no read is unaligned.
- * - The codebook arrives as a small array the kernel keeps in registers (`thread`); scale it
- *   by d once per block (tq_scale_levels) and decode is one lookup per value.
+ * GPU design (issue 6; the fork's traps were divergent codebook lookups in constant memory
+ * and a 3-bit unpack whose values straddle bytes):
+ * - The codebook lives in instructions, not memory: tq_metal_level() is a tree of selects
+ *   over compile-time constants (turboquant_metal_tables.h), so a lookup costs the same
+ *   whether the 32 threads of a SIMD group ask for one level or for 32 different ones.
+ * - Decode reads whole bytes: the 4 values of a chunk are one byte of the 2-bit plane (or
+ *   two of the 4-bit plane) plus half a byte of the high-bit plane, so no value straddles a
+ *   byte and no read is unaligned.
  * - Quantize runs one thread per block, as ggml's set_rows kernels do. Metal has no double,
  *   and the format's scale and decisions are defined in double, so the quantizer carries
  *   IEEE binary64 arithmetic in 64-bit integers (the tq_f64_* functions below): bit-exact
@@ -20,7 +25,7 @@
 #ifndef TURBOQUANT_METAL_H
 #define TURBOQUANT_METAL_H
 
-#include "turboquant_metal_codebook.h"
+#include "turboquant_metal_tables.h"
 
 /* ---- layout ---------------------------------------------------------------------------- */
 
@@ -37,61 +42,34 @@ inline int tq_block_size(int bits, int n)
 inline int tq_lo_width(int bits) { return (bits == 3) ? 2 : (bits == 5) ? 4 : bits; }
 inline int tq_hi_start(int bits, int n) { return 2 + n * tq_lo_width(bits) / 8; }
 
-inline ushort tq_scale_bits(device const uchar *blk)
-{
-    return (ushort)((uint)blk[0] | ((uint)blk[1] << 8));
-}
-
 /* ---- decode ---------------------------------------------------------------------------- */
 
-inline float tq_scale(device const uchar *blk) { return float(as_type<half>(tq_scale_bits(blk))); }
-
-inline uint tq_index(device const uchar *blk, int bits, int n, int j)
+inline float tq_scale(device const uchar *blk)
 {
-    const int lw = tq_lo_width(bits);
-    const int per_byte = 8 / lw;
-    uint k = ((uint)blk[2 + j / per_byte] >> (lw * (j % per_byte))) & ((1u << lw) - 1u);
-    if (lw != bits) {
-        k |= (((uint)blk[tq_hi_start(bits, n) + j / 8] >> (j % 8)) & 1u) << lw;
-    }
-    return k;
+    return float(as_type<half>((ushort)((uint)blk[0] | ((uint)blk[1] << 8))));
 }
 
-/* lv: the 2^bits float levels of the format. x_j = d * lv[idx_j], one float multiply. */
-inline float tq_dequantize_one(device const uchar *blk, int bits, int n, int j,
-                               thread const float *lv)
-{
-    return tq_scale(blk) * lv[tq_index(blk, bits, n, j)];
-}
-
-/* out[k] = d * lv[k] for the 2^bits levels: the same multiply as tq_dequantize_one, done
- * once per block. */
-inline void tq_scale_levels(device const uchar *blk, int bits, thread const float *lv,
-                            thread float *out)
+/* Values 4*il .. 4*il+3 of a block: x_j = d * level[idx_j], one float multiply each. */
+inline void tq_dequantize_4(device const uchar *blk, int bits, int n, int il, thread float *out)
 {
     const float d = tq_scale(blk);
-    for (int k = 0; k < (1 << bits); k++) {
-        out[k] = d * lv[k];
+    const int lw = tq_lo_width(bits);
+    const uint lo = (lw == 2) ? (uint)blk[2 + il]
+                              : ((uint)blk[2 + 2 * il] | ((uint)blk[3 + 2 * il] << 8));
+    const uint hi = (lw != bits) ? ((uint)blk[tq_hi_start(bits, n) + il / 2] >> (4 * (il % 2)))
+                                 : 0u;
+    const uint lo_mask = (1u << lw) - 1u;
+    for (int j = 0; j < 4; j++) {
+        const uint k = ((lo >> (lw * j)) & lo_mask) | (((hi >> j) & 1u) << lw);
+        out[j] = d * tq_metal_level(bits, n, k);
     }
 }
 
-/* Values 16*il .. 16*il+15 of a block, from byte-aligned reads only. scaled: the output of
- * tq_scale_levels for this block. */
-inline void tq_dequantize_16(device const uchar *blk, int bits, int n, int il,
-                             thread const float *scaled, thread float *out)
+/* Values 16*il .. 16*il+15 of a block. */
+inline void tq_dequantize_16(device const uchar *blk, int bits, int n, int il, thread float *out)
 {
-    const int lw = tq_lo_width(bits);
-    device const uchar *lo = blk + 2 + il * 2 * lw;
-    uint hi = 0;
-    if (lw != bits) {
-        device const uchar *h = blk + tq_hi_start(bits, n) + il * 2;
-        hi = (uint)h[0] | ((uint)h[1] << 8);
-    }
-    for (int j = 0; j < 16; j++) {
-        uint k = (lw == 2) ? (((uint)lo[j / 4] >> (2 * (j % 4))) & 3u)
-                           : (((uint)lo[j / 2] >> (4 * (j % 2))) & 15u);
-        k |= ((hi >> j) & 1u) << lw;
-        out[j] = scaled[k];
+    for (int q = 0; q < 4; q++) {
+        tq_dequantize_4(blk, bits, n, 4 * il + q, out + 4 * q);
     }
 }
 
@@ -389,11 +367,11 @@ inline ushort tq_float_to_half_sat(uint x)
 /* ---- encode ---------------------------------------------------------------------------- */
 
 /* Index of u: the number of midpoints <= u (binary search; the midpoints ascend). */
-inline uint tq_search(ulong u_key, constant tq_metal_codebook &cb, int bits)
+inline uint tq_search(ulong u_key, constant ulong *mid, int bits)
 {
     uint k = 0;
     for (int s = (1 << bits) >> 1; s > 0; s >>= 1) {
-        if (u_key >= tq_f64_key(cb.mid[k + (uint)s - 1u])) {
+        if (u_key >= tq_f64_key(mid[k + (uint)s - 1u])) {
             k += (uint)s;
         }
     }
@@ -401,9 +379,9 @@ inline uint tq_search(ulong u_key, constant tq_metal_codebook &cb, int bits)
 }
 
 /* Quantize one rotated block of n floats into tq_block_size(bits, n) bytes at dst. */
-inline void tq_quantize_block(device const float *y, int bits, int n,
-                              constant tq_metal_codebook &cb, device uchar *dst)
+inline void tq_quantize_block(device const float *y, int bits, int n, device uchar *dst)
 {
+    constant ulong *mid = tq_metal_mid(bits, n);
     const int lw = tq_lo_width(bits);
     const int hi_start = tq_hi_start(bits, n);
 
@@ -427,7 +405,7 @@ inline void tq_quantize_block(device const float *y, int bits, int n,
     if (finite && !zero) {
         inv = tq_f64_div(tq_f64_from_float(0x3F800000u), tq_f64_sqrt(sum_sq));
     }
-    const uint zero_index = tq_search(tq_f64_key(0), cb, bits);
+    const uint zero_index = tq_search(tq_f64_key(0), mid, bits);
 
     tq_f64 p[8];
     tq_f64 q[8];
@@ -443,8 +421,8 @@ inline void tq_quantize_block(device const float *y, int bits, int n,
             uint k = zero ? zero_index : 0u;
             if (finite && !zero) {
                 const tq_f64 v = tq_f64_from_float(f);
-                k = tq_search(tq_f64_key(tq_f64_pack(tq_f64_mul_float(v, inv))), cb, bits);
-                const tq_f64 c = tq_f64_from_float(as_type<uint>(cb.lv[k]));
+                k = tq_search(tq_f64_key(tq_f64_pack(tq_f64_mul_float(v, inv))), mid, bits);
+                const tq_f64 c = tq_f64_from_float(as_type<uint>(tq_metal_level(bits, n, k)));
                 p[l] = tq_f64_add(p[l], tq_f64_mul_float(v, c));
                 q[l] = tq_f64_add(q[l], tq_f64_mul_float(c, c));
             }

@@ -44,7 +44,7 @@ static const struct {
     {"simd", tq_dequantize_row_simd},
     {"dispatch", tq_dequantize_row},
     {"metal", tq_metal_dequantize_row},
-    {"metal-elementwise", tq_metal_dequantize_row_elementwise},
+    {"metal-t4", tq_metal_dequantize_row_t4},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))

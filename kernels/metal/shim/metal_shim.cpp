@@ -1,46 +1,16 @@
-/* Runs turboquant_metal.h on the host: each loop below is what one Metal dispatch does,
- * one thread after another. */
+/* Runs turboquant_metal_ggml.h on the host: each loop below is what one Metal dispatch does,
+ * one thread after another, through the same adapter functions ggml's kernels call. */
 #include "shim/metal_shim.h"
 
 #include "shim/turboquant_metal_shim.h"
 #include "turboquant.h"
-#include "turboquant_metal.h"
-#include "turboquant_tables.h"
+#include "turboquant_metal_ggml.h"
 
 namespace {
 
-/* The codebook a Metal kernel would receive, filled from the generated tables. */
-bool codebook_for(int bits, int n, tq_metal_codebook *cb)
+int check_row(int bits, int n, int64_t k)
 {
-#define TQ_CASE(B, N)                                                                       \
-    if (bits == (B) && n == (N)) {                                                          \
-        tq_metal_codebook_fill(cb, tq_levels_b##B##_n##N, tq_mid_b##B##_n##N, 1 << (B));    \
-        return true;                                                                        \
-    }
-    TQ_CASE(2, 64)
-    TQ_CASE(3, 64)
-    TQ_CASE(4, 64)
-    TQ_CASE(5, 64)
-    TQ_CASE(2, 128)
-    TQ_CASE(3, 128)
-    TQ_CASE(4, 128)
-    TQ_CASE(5, 128)
-#undef TQ_CASE
-    return false;
-}
-
-/* A decode kernel first copies the levels from its constant buffer into registers: the
- * decode functions take a `thread` array, which a `constant` pointer cannot be passed as. */
-void load_levels(const tq_metal_codebook &cb, float *lv)
-{
-    for (int i = 0; i < TQ_METAL_MAX_LEVELS; i++) {
-        lv[i] = cb.lv[i];
-    }
-}
-
-int check_row(int bits, int n, int64_t k, tq_metal_codebook *cb)
-{
-    if (tq_block_size(bits, n) == 0 || !codebook_for(bits, n, cb)) {
+    if (tq_block_size(bits, n) == 0) {
         return TQ_ERR_FORMAT;
     }
     if (k < 0 || k % n != 0) {
@@ -49,59 +19,88 @@ int check_row(int bits, int n, int64_t k, tq_metal_codebook *cb)
     return TQ_OK;
 }
 
+/* Block after block, as set_rows does with one thread per block. */
+template <int B, int N> void quantize_row(const float *y, void *dst, int64_t k)
+{
+    block_tq<B, N> *out = static_cast<block_tq<B, N> *>(dst);
+    for (int64_t b = 0; b < k / N; b++) {
+        quantize_turbo<B, N>(y + b * N, out[b]);
+    }
+}
+
+/* 16 values per call, as get_rows, cpy and the f16 conversion for flash attention do. */
+template <int B, int N> void dequantize_row_16(const void *src, float *y, int64_t k)
+{
+    const block_tq<B, N> *in = static_cast<const block_tq<B, N> *>(src);
+    for (int64_t i = 0; i < k / 16; i++) {
+        float4x4 reg;
+        dequantize_turbo<B, N>(in + (i * 16) / N, (short)(i % (N / 16)), reg);
+        for (int c = 0; c < 4; c++) {
+            for (int r = 0; r < 4; r++) {
+                y[16 * i + 4 * c + r] = reg[c][r];
+            }
+        }
+    }
+}
+
+/* 4 values per call, as the flash-attention vec kernels do (block i/nl, chunk i%nl). */
+template <int B, int N> void dequantize_row_4(const void *src, float *y, int64_t k)
+{
+    const block_tq<B, N> *in = static_cast<const block_tq<B, N> *>(src);
+    for (int64_t i = 0; i < k / 4; i++) {
+        float4 reg;
+        dequantize_turbo_t4<B, N>(in + i / (N / 4), (short)(i % (N / 4)), reg);
+        for (int r = 0; r < 4; r++) {
+            y[4 * i + r] = reg[r];
+        }
+    }
+}
+
+/* fn<B, N>(args...) for the format (bits, n) that check_row accepted. */
+#define TQ_FOR_FORMAT(bits, n, fn, ...)                                                         \
+    do {                                                                                       \
+        if ((n) == 64) {                                                                       \
+            switch (bits) {                                                                    \
+            case 2: fn<2, 64>(__VA_ARGS__); break;                                             \
+            case 3: fn<3, 64>(__VA_ARGS__); break;                                             \
+            case 4: fn<4, 64>(__VA_ARGS__); break;                                             \
+            default: fn<5, 64>(__VA_ARGS__); break;                                            \
+            }                                                                                  \
+        } else {                                                                               \
+            switch (bits) {                                                                    \
+            case 2: fn<2, 128>(__VA_ARGS__); break;                                            \
+            case 3: fn<3, 128>(__VA_ARGS__); break;                                            \
+            case 4: fn<4, 128>(__VA_ARGS__); break;                                            \
+            default: fn<5, 128>(__VA_ARGS__); break;                                           \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+
 } // namespace
 
 extern "C" int tq_metal_quantize_row(int bits, int n, const float *y, void *dst, int64_t k)
 {
-    tq_metal_codebook cb;
-    const int rc = check_row(bits, n, k, &cb);
-    if (rc != TQ_OK) {
-        return rc;
+    const int rc = check_row(bits, n, k);
+    if (rc == TQ_OK) {
+        TQ_FOR_FORMAT(bits, n, quantize_row, y, dst, k);
     }
-    const int nbytes = tq_block_size(bits, n);
-    uchar *out = static_cast<uchar *>(dst);
-    for (int64_t b = 0; b < k / n; b++) {
-        tq_quantize_block(y + b * n, bits, n, cb, out + b * nbytes);
-    }
-    return TQ_OK;
+    return rc;
 }
 
 extern "C" int tq_metal_dequantize_row(int bits, int n, const void *src, float *y, int64_t k)
 {
-    tq_metal_codebook cb;
-    const int rc = check_row(bits, n, k, &cb);
-    if (rc != TQ_OK) {
-        return rc;
+    const int rc = check_row(bits, n, k);
+    if (rc == TQ_OK) {
+        TQ_FOR_FORMAT(bits, n, dequantize_row_16, src, y, k);
     }
-    const int nbytes = tq_block_size(bits, n);
-    const uchar *in = static_cast<const uchar *>(src);
-    float lv[TQ_METAL_MAX_LEVELS];
-    load_levels(cb, lv);
-    for (int64_t b = 0; b < k / n; b++) {
-        const uchar *blk = in + b * nbytes;
-        float scaled[TQ_METAL_MAX_LEVELS];
-        tq_scale_levels(blk, bits, lv, scaled);
-        for (int il = 0; il < n / 16; il++) {
-            tq_dequantize_16(blk, bits, n, il, scaled, y + b * n + 16 * il);
-        }
-    }
-    return TQ_OK;
+    return rc;
 }
 
-extern "C" int tq_metal_dequantize_row_elementwise(int bits, int n, const void *src, float *y,
-                                                   int64_t k)
+extern "C" int tq_metal_dequantize_row_t4(int bits, int n, const void *src, float *y, int64_t k)
 {
-    tq_metal_codebook cb;
-    const int rc = check_row(bits, n, k, &cb);
-    if (rc != TQ_OK) {
-        return rc;
+    const int rc = check_row(bits, n, k);
+    if (rc == TQ_OK) {
+        TQ_FOR_FORMAT(bits, n, dequantize_row_4, src, y, k);
     }
-    const int nbytes = tq_block_size(bits, n);
-    const uchar *in = static_cast<const uchar *>(src);
-    float lv[TQ_METAL_MAX_LEVELS];
-    load_levels(cb, lv);
-    for (int64_t i = 0; i < k; i++) {
-        y[i] = tq_dequantize_one(in + (i / n) * nbytes, bits, n, (int)(i % n), lv);
-    }
-    return TQ_OK;
+    return rc;
 }

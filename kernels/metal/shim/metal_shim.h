@@ -66,4 +66,23 @@ struct half {
 };
 static_assert(sizeof(half) == 2, "half must be two bytes");
 
+/* float4 and float4x4 (four float4 columns), with the indexing and constructors the ggml
+ * adapters use. Half vectors are left out: the shim checks the float path, and a half
+ * conversion on the GPU rounds the same float. */
+struct float4 {
+    float v[4];
+
+    float4() : v{0.0f, 0.0f, 0.0f, 0.0f} {}
+    float4(float x, float y, float z, float w) : v{x, y, z, w} {}
+    float &operator[](int i) { return v[i]; }
+    float operator[](int i) const { return v[i]; }
+};
+
+struct float4x4 {
+    float4 c[4];
+
+    float4 &operator[](int i) { return c[i]; }
+    const float4 &operator[](int i) const { return c[i]; }
+};
+
 #endif /* TURBOQUANT_METAL_SHIM_H */

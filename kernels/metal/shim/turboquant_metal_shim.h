@@ -15,15 +15,14 @@
 extern "C" {
 #endif
 
-/* tq_quantize_block for each block (one GPU thread per block on Metal). */
+/* quantize_turbo for each block (one GPU thread per block on Metal): set_rows, cpy. */
 TQ_SHIM_API int tq_metal_quantize_row(int bits, int n, const float *y, void *dst, int64_t k);
 
-/* tq_scale_levels + tq_dequantize_16 for each block: the flash-attention and cpy path. */
+/* dequantize_turbo, 16 values per call: get_rows, cpy, f16 conversion for flash attention. */
 TQ_SHIM_API int tq_metal_dequantize_row(int bits, int n, const void *src, float *y, int64_t k);
 
-/* tq_dequantize_one for each value: the get_rows path. */
-TQ_SHIM_API int tq_metal_dequantize_row_elementwise(int bits, int n, const void *src, float *y,
-                                                    int64_t k);
+/* dequantize_turbo_t4, 4 values per call: the flash-attention vec kernels. */
+TQ_SHIM_API int tq_metal_dequantize_row_t4(int bits, int n, const void *src, float *y, int64_t k);
 
 #ifdef __cplusplus
 }
