@@ -178,3 +178,72 @@ def test_embedded_library_inlines_the_turbo_headers(metal_dir: Path, kind: str) 
     assert text.index("inline float tq_metal_level(") < text.index("inline void tq_dequantize_4(")
     assert text.index("struct block_tq") < text.index("block_turbo3")
     assert text.index("#define TURBOQUANT_METAL_GGML_H") < text.index("[[host_name(")
+
+
+KERNEL_TEMPLATE = re.compile(r"template\s*<((?:[^<>]|<[^<>]*>)*)>\s*kernel void (\w+)\(", re.S)
+# What the turbo instantiations need besides turboquant_metal_ggml.h, with upstream's
+# signatures (the test checks they are still upstream's): half vectors that take a float4
+# and accept float elements, as MSL's do, and the K types a turbo V may come with.
+PRELUDE = """
+#include "shim/metal_shim.h"
+struct half_elem { float f; half_elem &operator=(float x) { f = x; return *this; } };
+struct half4 {
+    half_elem v[4];
+    half4() = default;
+    explicit half4(float4 x) : v{{x[0]}, {x[1]}, {x[2]}, {x[3]}} {}
+    half_elem &operator[](int i) { return v[i]; }
+};
+struct half4x4 { half4 c[4]; half4 &operator[](int i) { return c[i]; } };
+struct block_q8_0 { half d; signed char qs[32]; };
+template <typename type4>
+void dequantize_f16_t4(device const half4 * src, short il, thread type4 & reg) {}
+template <typename type4>
+void dequantize_q8_0_t4(device const block_q8_0 *xb, short il, thread type4 & reg) {}
+#define OP_FLASH_ATTN_EXT_VEC_NQPSG 1
+#define OP_FLASH_ATTN_EXT_VEC_NCPSG 32
+#include "turboquant_metal_ggml.h"
+"""
+
+
+def test_turbo_instantiations_compile_against_the_kernel_templates(
+    metal_dir: Path, tmp_path: Path
+) -> None:
+    """Each turbo host_name line, replayed as a C++ explicit instantiation of a function with
+    the kernel template's own parameter list (read from the patched sources), compiled with
+    the adapters through the shim: the block types exist, the argument count and kinds fit,
+    and each adapter converts to the function-pointer type the template asks for (its
+    type4/type4x4 deduced as half4, float4x4, ...), which instantiates the adapter's body."""
+    kernels = metal_dir / "kernels"
+    dequantize = (kernels / "dequantize.h").read_text()
+    for signature in (
+        "void dequantize_f16_t4(device const half4 * src, short il, thread type4 & reg)",
+        "void dequantize_q8_0_t4(device const block_q8_0 *xb, short il, thread type4 & reg)",
+    ):
+        assert signature in dequantize
+    heads: dict[str, str] = {}
+    lines = []
+    for source in sorted(kernels.glob("*.metal")):
+        text = re.sub(r"//[^\n]*", "", source.read_text())
+        for params, name in KERNEL_TEMPLATE.findall(text):
+            heads[name] = " ".join(params.split())
+        macro = re.search(r"#define FA_TYPES \\\n(?:.*\\\n)*.*\n", text)
+        for host, kernel, args in HOST_NAME.findall(text):
+            if "turbo" in host:
+                lines.append((source.name, macro.group(0) if macro else "", kernel, args))
+    assert len(lines) == 7 * len(TURBO_BLOCK) + len(_fa_vec_cases())
+    used = sorted({kernel for _, _, kernel, _ in lines})
+    assert set(used) <= set(heads), set(used) - set(heads)
+    program = [PRELUDE]
+    program += [f"template <{heads[k]}> void {k}() {{}}" for k in used]
+    for source, macro, kernel, args in lines:
+        program.append(f"#line 1 \"{source}\"\n{macro}template void {kernel}<{args}>();")
+        program.append("#undef FA_TYPES")
+    unit = tmp_path / "instantiations.cpp"
+    unit.write_text("\n".join(program) + "\n")
+    out = subprocess.run(
+        ["g++", "-std=c++17", "-fsyntax-only", "-Wno-unused-parameter",
+         "-I", str(REPO_ROOT / "kernels" / "metal"), str(unit)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
