@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness import proc
 from harness.errors import CommandFailed, GateFailed
-from harness.perplexity import kv_allocation
+from harness.perplexity import KvAllocation, ParseError, kv_allocation
 from harness.progress import Progress
 
 # Issue targets: memory is deterministic and gated; speed is reported against its target.
@@ -90,6 +90,24 @@ def _run_one(bench: Path, plan: BenchPlan, cache_type: str, log: Path) -> tuple[
     return rows, out
 
 
+CONTEXT_START = "llama_context: constructing llama_context"
+
+
+def first_context_kv(out: str, where: str) -> KvAllocation:
+    """The KV cache of the first context llama-bench builds, summed over llama.cpp's caches
+    (Gemma 3 has a full and a sliding one). llama-bench builds one context per test, of the
+    test's own size, so the log holds one group of KV lines per test; every group must name
+    the same stored types."""
+    groups = out.split(CONTEXT_START)[1:]
+    if not groups:
+        raise ParseError(f"{where}: no `{CONTEXT_START}` line (run with -v?)")
+    allocations = [kv_allocation(g, f"{where}, context {i + 1}") for i, g in enumerate(groups)]
+    types = {(a.k_type, a.v_type) for a in allocations}
+    if len(types) != 1:
+        raise ParseError(f"{where}: the contexts store different cache types: {sorted(types)}")
+    return allocations[0]
+
+
 def run_bench(bin_dir: Path, plan: BenchPlan, log: Path) -> dict[str, TypeResult]:
     bench = bin_dir / "llama-bench"
     results = {t: TypeResult(t) for t in plan.types}
@@ -100,8 +118,7 @@ def run_bench(bin_dir: Path, plan: BenchPlan, log: Path) -> dict[str, TypeResult
             progress.steps(r * len(plan.types) + i, total, None)
             rows, out = _run_one(bench, plan, t, log)
             res = results[t]
-            # summed over all of llama.cpp's caches (Gemma 3 has a full and a sliding one)
-            kv = kv_allocation(out, f"llama-bench {t}")
+            kv = first_context_kv(out, f"llama-bench {t}")
             res.stored_type, res.kv_bytes_per_token = kv.k_type, kv.bytes_per_token
             for row in rows:
                 kind = "pp" if row["n_prompt"] else "tg"

@@ -48,9 +48,7 @@ def _code(path: Path) -> str:
 
 def _signatures(code: str) -> list[tuple[str, str]]:
     """(function name, parameter list) of every inline or template function."""
-    return re.findall(
-        r"(?:inline|template\s*<[^>]*>)\s+[\w\s*]+?\b(\w+)\s*\(([^)]*)\)\s*\{", code
-    )
+    return re.findall(r"(?:inline|template\s*<[^>]*>)\s+[\w\s*]+?\b(\w+)\s*\(([^)]*)\)\s*\{", code)
 
 
 @pytest.mark.parametrize("path", HEADERS, ids=lambda p: p.name)

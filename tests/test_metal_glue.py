@@ -19,9 +19,7 @@ import pytest
 
 from harness.config import REPO_ROOT, Paths
 
-TURBO_BLOCK = {f"turbo{b}": 128 for b in (2, 3, 4, 5)} | {
-    f"turbo{b}_64": 64 for b in (2, 3, 4, 5)
-}
+TURBO_BLOCK = {f"turbo{b}": 128 for b in (2, 3, 4, 5)} | {f"turbo{b}_64": 64 for b in (2, 3, 4, 5)}
 HOST_NAME = re.compile(
     r'template \[\[host_name\("(\w+)"\)\]\]\s+kernel\s+\w+\s+(\w+)<(.*?)>;\n', re.S
 )
@@ -103,7 +101,10 @@ def test_flash_attention_vec_kernels_cover_the_supported_pairs(
         # FA_TYPES, K block, nl_k, deq_k, V block, nl_v, deq_v, DK, DV, NE
         k_block, k_nl, k_deq, v_block, v_nl, v_deq, dk, dv = args[1:9]
         assert (int(dk), int(dv)) == (head, head)
-        assert (v_block, v_deq) == (f"block_{v}", f"dequantize_turbo_t4<{_bits_n(v)[0]}, {_bits_n(v)[1]}>")
+        assert (v_block, v_deq) == (
+            f"block_{v}",
+            f"dequantize_turbo_t4<{_bits_n(v)[0]}, {_bits_n(v)[1]}>",
+        )
         assert int(v_nl) == TURBO_BLOCK[v] // 4
         if k in TURBO_BLOCK:
             assert (k_block, int(k_nl)) == (f"block_{k}", TURBO_BLOCK[k] // 4)
@@ -134,7 +135,9 @@ def test_every_kernel_source_is_a_library_kind(metal_dir: Path) -> None:
     cmake = (metal_dir / "CMakeLists.txt").read_text()
     sources = re.findall(r"^\s+kernels/(\w+)\.metal$", cmake, flags=re.M)
     assert "fa_vec_turbo" in sources and "quantize" in sources
-    kinds = re.findall(r"^\s+X\(\w+,\s*(\w+)\)", (metal_dir / "ggml-metal-device.m").read_text(), flags=re.M)
+    kinds = re.findall(
+        r"^\s+X\(\w+,\s*(\w+)\)", (metal_dir / "ggml-metal-device.m").read_text(), flags=re.M
+    )
     assert sorted(set(sources)) == sorted(kinds)
 
 
@@ -236,7 +239,7 @@ def test_turbo_instantiations_compile_against_the_kernel_templates(
     program = [PRELUDE]
     program += [f"template <{heads[k]}> void {k}() {{}}" for k in used]
     for source, macro, kernel, args in lines:
-        program.append(f"#line 1 \"{source}\"\n{macro}template void {kernel}<{args}>();")
+        program.append(f'#line 1 "{source}"\n{macro}template void {kernel}<{args}>();')
         program.append("#undef FA_TYPES")
     unit = tmp_path / "instantiations.cpp"
     unit.write_text("\n".join(program) + "\n")

@@ -79,8 +79,9 @@ def test_c_compiler_reads_the_same_bits(tmp_path: Path) -> None:
         f"int main(void) {{\n{dumps}\n    return 0;\n}}\n"
     )
     exe = tmp_path / "dump"
+    include = (gen_tables.REPO / gen_tables.HEADER).parent
     subprocess.run(
-        ["cc", "-std=c11", "-Wall", "-Werror", "-I", str((gen_tables.REPO / gen_tables.HEADER).parent),
+        ["cc", "-std=c11", "-Wall", "-Werror", "-I", str(include),
          str(program), "-o", str(exe)],
         check=True,
     )  # fmt: skip
