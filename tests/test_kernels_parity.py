@@ -222,3 +222,38 @@ def test_benchmark_reports_every_format(lib_dir: Path) -> None:
     assert all(r.gbps > 0 and r.memcpy_gbps > 0 for r in rows)
     assert all(r.x_memcpy == pytest.approx(r.gbps / r.memcpy_gbps, abs=0.01) for r in rows)
     assert "x memcpy" in parity.format_bench(rows, mib=1)
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=[f.name for f in ALL])
+def test_vec_dot_paths_agree_bit_for_bit(kernels: parity.Kernels, fmt: ref.Format) -> None:
+    """The fused SIMD dot (no buffer) sums in the scalar path's order, so both give the same
+    float; rows of 1..11 blocks cross the 512-float chunk where the sum restarts. Random
+    bytes reach every index and scale, NaN and Inf included."""
+    rng = np.random.default_rng(fmt.bits * 1000 + fmt.block)
+    dot = {}
+    for path in ("scalar", "simd"):
+        fn = getattr(kernels.lib, f"tq_vec_dot_f32_{path}")
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+        dot[path] = fn
+    for nblocks in range(1, 12):
+        k = nblocks * fmt.block
+        y = rng.standard_normal(k).astype(np.float32)
+        for source in ("encoded", "random-bytes"):
+            if source == "encoded":
+                x = kernels.encode("scalar", fmt, rng.standard_normal((nblocks, fmt.block)))
+            else:
+                x = rng.integers(0, 256, (nblocks, fmt.nbytes), dtype=np.uint8)
+            out = {p: np.zeros(1, np.float32) for p in dot}
+            for p, fn in dot.items():
+                assert (
+                    fn(fmt.bits, fmt.block, x.ctypes.data, y.ctypes.data, k, out[p].ctypes.data)
+                    == 0
+                )
+            assert out["simd"].view(np.uint32)[0] == out["scalar"].view(np.uint32)[0] or (
+                np.isnan(out["simd"][0]) and np.isnan(out["scalar"][0])
+            ), (nblocks, source, out)
+            if source == "encoded":
+                decoded = kernels.decode("scalar", fmt, x).astype(np.float64).ravel()
+                exact = float(decoded @ y.astype(np.float64))
+                assert abs(out["simd"][0] - exact) <= 1e-5 * np.abs(decoded * y).sum()

@@ -57,9 +57,15 @@ TQ_API int tq_dequantize_row_simd(int bits, int n, const void *src, float *y, in
 
 /*
  * *out = dot(decode(x), y) for k/n blocks of x and k floats of y: how a turbo K cache is read
- * against a float query. Not bit-specified (float summation order is the library's own).
+ * against a float query. Not part of the format contract (the float summation order is the
+ * library's own), but every path sums in that one order, so _scalar and _simd agree bit for
+ * bit (the SIMD path fuses decode and dot instead of going through a buffer).
  */
 TQ_API int tq_vec_dot_f32(int bits, int n, const void *x, const float *y, int64_t k, float *out);
+TQ_API int tq_vec_dot_f32_scalar(int bits, int n, const void *x, const float *y, int64_t k,
+                                 float *out);
+TQ_API int tq_vec_dot_f32_simd(int bits, int n, const void *x, const float *y, int64_t k,
+                               float *out);
 
 /*
  * In-place randomized Walsh-Hadamard rotation of k/n consecutive blocks of n (64 or 128)

@@ -19,15 +19,22 @@ struct lut {
     __m256 r[TQ_MAX_LEVELS / 8];
 };
 
+/* Loads only the `count` entries: an index is always below count, so the lanes and registers
+ * past it are never selected and stay zero. Decoding a 64-value row is 8 lookups, so this
+ * load is a real share of the work. */
 INLINE struct lut lut_load(const float *values, int count)
 {
-    float pad[TQ_MAX_LEVELS];
     struct lut t;
-    for (int i = 0; i < TQ_MAX_LEVELS; i++) {
-        pad[i] = values[i < count ? i : count - 1];
-    }
     for (int r = 0; r < TQ_MAX_LEVELS / 8; r++) {
-        t.r[r] = _mm256_loadu_ps(pad + 8 * r);
+        t.r[r] = _mm256_setzero_ps();
+    }
+    if (count < 8) {
+        t.r[0] = _mm256_castps128_ps256(_mm_loadu_ps(values));
+        t.r[0] = _mm256_insertf128_ps(t.r[0], _mm_setzero_ps(), 1);
+    } else {
+        for (int r = 0; r < count / 8; r++) {
+            t.r[r] = _mm256_loadu_ps(values + 8 * r);
+        }
     }
     return t;
 }
@@ -47,6 +54,17 @@ INLINE __m256 lut_get(const struct lut *t, int count, __m256i idx)
         }
     }
     return v;
+}
+
+/* d * C[k] for the registers of `count` entries: the same float multiply as the scalar path,
+ * once per block, so that decoding is a lookup. */
+INLINE struct lut lut_scale(const struct lut *t, int count, __m256 d)
+{
+    struct lut scaled;
+    for (int r = 0; r < (count + 7) / 8; r++) {
+        scaled.r[r] = _mm256_mul_ps(d, t->r[r]);
+    }
+    return scaled;
 }
 
 INLINE __m256d lo_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
@@ -455,13 +473,52 @@ INLINE void dequantize_blocks(int bits, const struct tq_codebook *cb, const uint
         /* d * C[k] for every level once per block: the same float multiply as the scalar
          * path, so decoding becomes a table lookup. */
         const __m256 d = _mm256_set1_ps(tq_fp16_to_float((uint16_t)(blk[0] | blk[1] << 8)));
-        struct lut scaled;
-        for (int r = 0; r < TQ_MAX_LEVELS / 8; r++) {
-            scaled.r[r] = _mm256_mul_ps(d, lv.r[r]);
-        }
+        const struct lut scaled = lut_scale(&lv, nlev, d);
         for (int g = 0; g < n / 8; g++) {
             _mm256_storeu_ps(y + b * n + 8 * g, lut_get(&scaled, nlev, indices8(bits, n, blk, g)));
         }
+    }
+}
+
+/* tq_dot_blocks_decoded's result without the float buffer: the same products d * C[k] (the
+ * scaled table), the same 8 lanes per chunk, the same reduction order, so bit-identical. */
+INLINE void dot_blocks(int bits, const struct tq_codebook *cb, const uint8_t *src, const float *y,
+                       int64_t nblocks, float *out)
+{
+    const int n = cb->n;
+    const int nlev = 1 << bits;
+    const size_t nbytes = tq_block_bytes(bits, n);
+    const struct lut lv = lut_load(cb->levels, nlev);
+    const int64_t per_chunk = TQ_DOT_CHUNK / n;
+    float sum = 0.0f;
+    for (int64_t c = 0; c < nblocks; c += per_chunk) {
+        const int64_t end = c + per_chunk < nblocks ? c + per_chunk : nblocks;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = c; b < end; b++) {
+            const uint8_t *blk = src + (size_t)b * nbytes;
+            const __m256 d = _mm256_set1_ps(tq_fp16_to_float((uint16_t)(blk[0] | blk[1] << 8)));
+            const struct lut scaled = lut_scale(&lv, nlev, d);
+            for (int g = 0; g < n / 8; g++) {
+                const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(x, _mm256_loadu_ps(y + b * n + 8 * g)));
+            }
+        }
+        /* ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), as tq_dot.c sums its lanes. */
+        const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        sum += _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+    }
+    *out = sum;
+}
+
+void tq_dot_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src, const float *y,
+                        int64_t nblocks, float *out)
+{
+    switch (cb->bits) {
+    case 2: dot_blocks(2, cb, src, y, nblocks, out); break;
+    case 3: dot_blocks(3, cb, src, y, nblocks, out); break;
+    case 4: dot_blocks(4, cb, src, y, nblocks, out); break;
+    default: dot_blocks(5, cb, src, y, nblocks, out); break;
     }
 }
 

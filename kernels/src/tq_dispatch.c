@@ -4,30 +4,36 @@
 typedef void (*quantize_fn)(const struct tq_codebook *, const float *, uint8_t *, int64_t);
 typedef void (*dequantize_fn)(const struct tq_codebook *, const uint8_t *, float *, int64_t);
 typedef void (*rotate_fn)(int, float *, int64_t, int);
+typedef void (*dot_fn)(const struct tq_codebook *, const uint8_t *, const float *, int64_t,
+                       float *);
 
+/* dot NULL: decode into a buffer with this path's dequantize, then dot (tq_dot.c). */
 struct simd_path {
     const char *name;
     quantize_fn quantize;
     dequantize_fn dequantize;
     rotate_fn rotate;
+    dot_fn dot;
 };
 
-static const struct simd_path scalar_path = {
-    "scalar", tq_quantize_blocks_scalar, tq_dequantize_blocks_scalar, tq_rotate_blocks_scalar};
+static const struct simd_path scalar_path = {"scalar", tq_quantize_blocks_scalar,
+                                             tq_dequantize_blocks_scalar,
+                                             tq_rotate_blocks_scalar, NULL};
 
 /* Chosen on every call rather than cached: the check is a load and a test, and a cache would
  * be mutable global state shared by threads. */
 static const struct simd_path *simd(void)
 {
 #if defined(TQ_HAVE_AVX2)
-    static const struct simd_path avx2 = {
-        "avx2", tq_quantize_blocks_avx2, tq_dequantize_blocks_avx2, tq_rotate_blocks_avx2};
+    static const struct simd_path avx2 = {"avx2", tq_quantize_blocks_avx2,
+                                          tq_dequantize_blocks_avx2, tq_rotate_blocks_avx2,
+                                          tq_dot_blocks_avx2};
     if (__builtin_cpu_supports("avx2")) {
         return &avx2;
     }
 #elif defined(TQ_HAVE_NEON)
-    static const struct simd_path neon = {
-        "neon", tq_quantize_blocks_neon, tq_dequantize_blocks_neon, tq_rotate_blocks_neon};
+    static const struct simd_path neon = {"neon", tq_quantize_blocks_neon,
+                                          tq_dequantize_blocks_neon, tq_rotate_blocks_neon, NULL};
     return &neon;
 #endif
     return &scalar_path;
@@ -77,6 +83,21 @@ static int dequantize(const struct simd_path *path, int bits, int n, const void 
     return rc;
 }
 
+static int vec_dot(const struct simd_path *path, int bits, int n, const void *x, const float *y,
+                   int64_t k, float *out)
+{
+    const struct tq_codebook *cb;
+    const int rc = check_row(bits, n, k, &cb);
+    if (rc == TQ_OK) {
+        if (path->dot != NULL) {
+            path->dot(cb, x, y, k / n, out);
+        } else {
+            tq_dot_blocks_decoded(path->dequantize, cb, x, y, k / n, out);
+        }
+    }
+    return rc;
+}
+
 static int rotate(const struct simd_path *path, int n, float *x, int64_t k, int inverse)
 {
     if (n != 64 && n != 128) {
@@ -117,6 +138,21 @@ int tq_dequantize_row_scalar(int bits, int n, const void *src, float *y, int64_t
 int tq_dequantize_row_simd(int bits, int n, const void *src, float *y, int64_t k)
 {
     return dequantize(simd(), bits, n, src, y, k);
+}
+
+int tq_vec_dot_f32(int bits, int n, const void *x, const float *y, int64_t k, float *out)
+{
+    return vec_dot(simd(), bits, n, x, y, k, out);
+}
+
+int tq_vec_dot_f32_scalar(int bits, int n, const void *x, const float *y, int64_t k, float *out)
+{
+    return vec_dot(&scalar_path, bits, n, x, y, k, out);
+}
+
+int tq_vec_dot_f32_simd(int bits, int n, const void *x, const float *y, int64_t k, float *out)
+{
+    return vec_dot(simd(), bits, n, x, y, k, out);
 }
 
 int tq_rotate_forward(int n, float *x, int64_t k) { return rotate(simd(), n, x, k, 0); }

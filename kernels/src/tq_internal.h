@@ -62,12 +62,23 @@ void tq_dequantize_blocks_scalar(const struct tq_codebook *cb, const uint8_t *sr
                                  int64_t nblocks);
 void tq_rotate_blocks_scalar(int n, float *x, int64_t nblocks, int inverse);
 
+/* dot(decode(x), y) over nblocks blocks, summed in chunks of TQ_DOT_CHUNK floats, each chunk
+ * in 8 lanes (lane l takes elements 8i + l) reduced as ((0+4)+(2+6))+((1+5)+(3+7)), the chunk
+ * sums added in order. Every path computes exactly this, so the paths agree bit for bit. */
+#define TQ_DOT_CHUNK 512
+typedef void (*tq_dequantize_blocks_fn)(const struct tq_codebook *cb, const uint8_t *src,
+                                        float *y, int64_t nblocks);
+void tq_dot_blocks_decoded(tq_dequantize_blocks_fn decode, const struct tq_codebook *cb,
+                           const uint8_t *src, const float *y, int64_t nblocks, float *out);
+
 #if defined(TQ_HAVE_AVX2)
 void tq_quantize_blocks_avx2(const struct tq_codebook *cb, const float *y, uint8_t *dst,
                              int64_t nblocks);
 void tq_dequantize_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src, float *y,
                                int64_t nblocks);
 void tq_rotate_blocks_avx2(int n, float *x, int64_t nblocks, int inverse);
+void tq_dot_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src, const float *y,
+                        int64_t nblocks, float *out);
 #endif
 
 #if defined(TQ_HAVE_NEON)
