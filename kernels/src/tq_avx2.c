@@ -411,7 +411,7 @@ INLINE void quantize_blocks(int bits, const struct tq_codebook *cb, const float 
                             uint8_t *dst, int64_t nblocks)
 {
     const int n = cb->n;
-    const size_t nbytes = tq_block_bytes(bits, n);
+    const size_t nbytes = tq_block_size(cb);
     struct quant_tables qt;
     quant_tables_init(bits, cb, &qt);
     int64_t b = 0;
@@ -465,14 +465,14 @@ INLINE void dequantize_blocks(int bits, const struct tq_codebook *cb, const uint
 {
     const int n = cb->n;
     const int nlev = 1 << bits;
-    const size_t nbytes = tq_block_bytes(bits, n);
+    const size_t nbytes = tq_block_size(cb);
     const struct lut lv = lut_load(cb->levels, nlev);
 
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *blk = src + (size_t)b * nbytes;
         /* d * C[k] for every level once per block: the same float multiply as the scalar
          * path, so decoding becomes a table lookup. */
-        const __m256 d = _mm256_set1_ps(tq_fp16_to_float((uint16_t)(blk[0] | blk[1] << 8)));
+        const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
         const struct lut scaled = lut_scale(&lv, nlev, d);
         for (int g = 0; g < n / 8; g++) {
             _mm256_storeu_ps(y + b * n + 8 * g, lut_get(&scaled, nlev, indices8(bits, n, blk, g)));
@@ -487,7 +487,7 @@ INLINE void dot_blocks(int bits, const struct tq_codebook *cb, const uint8_t *sr
 {
     const int n = cb->n;
     const int nlev = 1 << bits;
-    const size_t nbytes = tq_block_bytes(bits, n);
+    const size_t nbytes = tq_block_size(cb);
     const struct lut lv = lut_load(cb->levels, nlev);
     const int64_t per_chunk = TQ_DOT_CHUNK / n;
     float sum = 0.0f;
@@ -496,7 +496,7 @@ INLINE void dot_blocks(int bits, const struct tq_codebook *cb, const uint8_t *sr
         __m256 acc = _mm256_setzero_ps();
         for (int64_t b = c; b < end; b++) {
             const uint8_t *blk = src + (size_t)b * nbytes;
-            const __m256 d = _mm256_set1_ps(tq_fp16_to_float((uint16_t)(blk[0] | blk[1] << 8)));
+            const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
             const struct lut scaled = lut_scale(&lv, nlev, d);
             for (int g = 0; g < n / 8; g++) {
                 const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));

@@ -19,7 +19,7 @@ void tq_dot_blocks_decoded(tq_dequantize_blocks_fn decode, const struct tq_codeb
                            const uint8_t *src, const float *y, int64_t nblocks, float *out)
 {
     const int n = cb->n;
-    const size_t block = tq_block_bytes(cb->bits, n);
+    const size_t block = tq_block_size(cb);
     const int64_t per_chunk = TQ_DOT_CHUNK / n;
     float tmp[TQ_DOT_CHUNK];
     float sum = 0.0f;

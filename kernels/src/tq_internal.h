@@ -41,6 +41,38 @@ static inline float tq_f32_from_bits(uint32_t u)
     return f;
 }
 
+/* fp16 bits to float, exactly (subnormals, infinities and NaN payloads kept): inline, since
+ * every decoded block starts with it; tq_fp16_to_float is the exported copy. */
+static inline float tq_half_to_float(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1Fu;
+    uint32_t mant = h & 0x3FFu;
+
+    if (exp == 0x1F) {
+        return tq_f32_from_bits(sign | 0x7F800000u | (mant << 13));
+    }
+    if (exp != 0) {
+        return tq_f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
+    }
+    if (mant == 0) {
+        return tq_f32_from_bits(sign);
+    }
+    /* Subnormal fp16 is a normal float: shift the leading one into the hidden bit. */
+    uint32_t e = 113;
+    while (!(mant & 0x400u)) {
+        mant <<= 1;
+        e--;
+    }
+    return tq_f32_from_bits(sign | (e << 23) | ((mant & 0x3FFu) << 13));
+}
+
+/* Bytes of a block of a format already checked (tq_block_bytes checks it). */
+static inline size_t tq_block_size(const struct tq_codebook *cb)
+{
+    return 2 + (size_t)(cb->n * cb->bits / 8);
+}
+
 /* Byte offsets inside a block: the scale, then the low plane, then the high-bit plane (for
  * 3 and 5 bits). */
 static inline int tq_lo_bits(int bits) { return bits == 3 ? 2 : bits == 5 ? 4 : bits; }

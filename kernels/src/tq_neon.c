@@ -107,7 +107,7 @@ static void quantize_block(const struct tq_codebook *cb, uint8_t zero_idx, const
 void tq_quantize_blocks_neon(const struct tq_codebook *cb, const float *y, uint8_t *dst,
                              int64_t nblocks)
 {
-    const size_t nbytes = tq_block_bytes(cb->bits, cb->n);
+    const size_t nbytes = tq_block_size(cb);
     uint8_t zero_idx = 0;
     for (int m = 0; m < cb->nlev - 1; m++) {
         zero_idx = (uint8_t)(zero_idx + (0.0 >= cb->mid[m]));
@@ -155,7 +155,7 @@ static void dequantize_block(const struct tq_codebook *cb, const uint8_t *blk, f
     const int nlev = cb->nlev;
     /* d * C[k] once per block (the scalar path's multiply), as a 64-byte table per 16
      * levels so vqtbl4 looks floats up by their bytes. */
-    const float d = tq_fp16_to_float((uint16_t)(blk[0] | blk[1] << 8));
+    const float d = tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8));
     float scaled[TQ_MAX_LEVELS] = {0};
     for (int k = 0; k < nlev; k++) {
         scaled[k] = d * cb->levels[k];
@@ -186,7 +186,7 @@ static void dequantize_block(const struct tq_codebook *cb, const uint8_t *blk, f
 void tq_dequantize_blocks_neon(const struct tq_codebook *cb, const uint8_t *src, float *y,
                                int64_t nblocks)
 {
-    const size_t nbytes = tq_block_bytes(cb->bits, cb->n);
+    const size_t nbytes = tq_block_size(cb);
     for (int64_t b = 0; b < nblocks; b++) {
         dequantize_block(cb, src + (size_t)b * nbytes, y + b * cb->n);
     }

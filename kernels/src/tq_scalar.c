@@ -40,29 +40,7 @@ uint16_t tq_fp16_from_float(float f)
     return (uint16_t)(sign | q);
 }
 
-float tq_fp16_to_float(uint16_t h)
-{
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    const uint32_t exp = (h >> 10) & 0x1Fu;
-    uint32_t mant = h & 0x3FFu;
-
-    if (exp == 0x1F) {
-        return tq_f32_from_bits(sign | 0x7F800000u | (mant << 13));
-    }
-    if (exp != 0) {
-        return tq_f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
-    }
-    if (mant == 0) {
-        return tq_f32_from_bits(sign);
-    }
-    /* Subnormal fp16 is a normal float: shift the leading one into the hidden bit. */
-    uint32_t e = 113;
-    while (!(mant & 0x400u)) {
-        mant <<= 1;
-        e--;
-    }
-    return tq_f32_from_bits(sign | (e << 23) | ((mant & 0x3FFu) << 13));
-}
+float tq_fp16_to_float(uint16_t h) { return tq_half_to_float(h); }
 
 /* The contract's fixed "8-lane" order: acc[i % 8] += term_i, then a fixed pairwise tree. */
 static double lane8_total(const double acc[8])
@@ -149,7 +127,7 @@ static void quantize_block(const struct tq_codebook *cb, const float *y, uint8_t
 void tq_quantize_blocks_scalar(const struct tq_codebook *cb, const float *y, uint8_t *dst,
                                int64_t nblocks)
 {
-    const size_t nbytes = tq_block_bytes(cb->bits, cb->n);
+    const size_t nbytes = tq_block_size(cb);
     for (int64_t b = 0; b < nblocks; b++) {
         quantize_block(cb, y + b * cb->n, dst + (size_t)b * nbytes);
     }
@@ -159,12 +137,12 @@ void tq_dequantize_blocks_scalar(const struct tq_codebook *cb, const uint8_t *sr
                                  int64_t nblocks)
 {
     const int n = cb->n;
-    const size_t nbytes = tq_block_bytes(cb->bits, n);
+    const size_t nbytes = tq_block_size(cb);
     uint8_t idx[TQ_MAX_BLOCK];
 
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *blk = src + (size_t)b * nbytes;
-        const float d = tq_fp16_to_float((uint16_t)(blk[0] | blk[1] << 8));
+        const float d = tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8));
         unpack_indices(cb->bits, n, blk, idx);
         for (int i = 0; i < n; i++) {
             y[b * n + i] = d * cb->levels[idx[i]];
@@ -215,7 +193,7 @@ int tq_unpack_indices(int bits, int n, const void *src, uint8_t *indices, uint16
     if (k < 0 || k % n != 0) {
         return TQ_ERR_LENGTH;
     }
-    const size_t nbytes = tq_block_bytes(bits, n);
+    const size_t nbytes = tq_block_size(cb);
     const uint8_t *s = src;
     for (int64_t b = 0; b < k / n; b++) {
         const uint8_t *blk = s + (size_t)b * nbytes;

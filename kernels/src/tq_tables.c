@@ -11,14 +11,13 @@ static const struct tq_codebook codebooks[] = {
     TQ_CB(2, 128), TQ_CB(3, 128), TQ_CB(4, 128), TQ_CB(5, 128),
 };
 
+/* codebooks[] is ordered by (n, bits), so the lookup is an index. */
 const struct tq_codebook *tq_codebook_get(int bits, int n)
 {
-    for (size_t i = 0; i < sizeof codebooks / sizeof codebooks[0]; i++) {
-        if (codebooks[i].bits == bits && codebooks[i].n == n) {
-            return &codebooks[i];
-        }
+    if (bits < 2 || bits > 5 || (n != 64 && n != 128)) {
+        return NULL;
     }
-    return NULL;
+    return &codebooks[(n == 128 ? 4 : 0) + bits - 2];
 }
 
 const float *const tq_sign1 = tq_sign1_n128;
