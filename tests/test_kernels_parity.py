@@ -257,3 +257,27 @@ def test_vec_dot_paths_agree_bit_for_bit(kernels: parity.Kernels, fmt: ref.Forma
                 decoded = kernels.decode("scalar", fmt, x).astype(np.float64).ravel()
                 exact = float(decoded @ y.astype(np.float64))
                 assert abs(out["simd"][0] - exact) <= 1e-5 * np.abs(decoded * y).sum()
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=[f.name for f in ALL])
+def test_strided_rows_decode_like_single_rows(kernels: parity.Kernels, fmt: ref.Format) -> None:
+    """tq_dequantize_rows reads a strided view (one head of a KV cache: rows of 2 blocks with
+    other heads' bytes between them) and writes what tq_dequantize_row writes per row."""
+    rng = np.random.default_rng(fmt.bits * 7 + fmt.block)
+    nrows, per_row, heads = 5, 2, 3
+    cache = rng.integers(0, 256, (nrows, heads * per_row * fmt.nbytes), dtype=np.uint8)
+    head = 1
+    k = per_row * fmt.block
+    fn = kernels.lib.tq_dequantize_rows
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                   ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]  # fmt: skip
+    out = np.full((nrows + 1, k), -7.0, np.float32)  # one row more: must stay untouched
+    start = cache.ctypes.data + head * per_row * fmt.nbytes
+    assert fn(fmt.bits, fmt.block, start, cache.strides[0], out.ctypes.data, k, nrows) == 0
+    for r in range(nrows):
+        view = cache[r, head * per_row * fmt.nbytes : (head + 1) * per_row * fmt.nbytes]
+        one = kernels.decode("simd", fmt, view.reshape(per_row, fmt.nbytes)).ravel()
+        assert np.array_equal(out[r].view(np.uint32), one.view(np.uint32))
+    assert np.all(out[nrows] == -7.0)
+    assert fn(fmt.bits, fmt.block, start, cache.strides[0], out.ctypes.data, k, -1) == -2
+    assert fn(fmt.bits, fmt.block, start, cache.strides[0], out.ctypes.data, k + 1, 1) == -2

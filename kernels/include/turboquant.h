@@ -56,6 +56,15 @@ TQ_API int tq_dequantize_row_scalar(int bits, int n, const void *src, float *y, 
 TQ_API int tq_dequantize_row_simd(int bits, int n, const void *src, float *y, int64_t k);
 
 /*
+ * nrows rows of k values, row r read from src + r * src_stride bytes (a strided view, such as
+ * one head of a KV cache) and written to y + r * k. The same floats as tq_dequantize_row on
+ * each row; the checks and the path choice happen once, which is most of the cost of a row
+ * of 64 or 128 values.
+ */
+TQ_API int tq_dequantize_rows(int bits, int n, const void *src, size_t src_stride, float *y,
+                              int64_t k, int64_t nrows);
+
+/*
  * *out = dot(decode(x), y) for k/n blocks of x and k floats of y: how a turbo K cache is read
  * against a float query. Not part of the format contract (the float summation order is the
  * library's own), but every path sums in that one order, so _scalar and _simd agree bit for

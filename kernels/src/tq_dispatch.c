@@ -130,6 +130,24 @@ int tq_dequantize_row(int bits, int n, const void *src, float *y, int64_t k)
     return dequantize(simd(), bits, n, src, y, k);
 }
 
+int tq_dequantize_rows(int bits, int n, const void *src, size_t src_stride, float *y, int64_t k,
+                       int64_t nrows)
+{
+    const struct simd_path *path = simd();
+    const struct tq_codebook *cb;
+    const int rc = check_row(bits, n, k, &cb);
+    if (rc != TQ_OK) {
+        return rc;
+    }
+    if (nrows < 0) {
+        return TQ_ERR_LENGTH;
+    }
+    for (int64_t r = 0; r < nrows; r++) {
+        path->dequantize(cb, (const uint8_t *)src + (size_t)r * src_stride, y + r * k, k / n);
+    }
+    return TQ_OK;
+}
+
 int tq_dequantize_row_scalar(int bits, int n, const void *src, float *y, int64_t k)
 {
     return dequantize(&scalar_path, bits, n, src, y, k);
