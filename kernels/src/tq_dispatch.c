@@ -41,10 +41,8 @@ static const struct simd_path *simd(void)
 
 size_t tq_block_bytes(int bits, int n)
 {
-    if (tq_codebook_get(bits, n) == NULL) {
-        return 0;
-    }
-    return 2 + (size_t)(n * bits / 8);
+    const struct tq_codebook *cb = tq_codebook_get(bits, n);
+    return cb == NULL ? 0 : tq_block_size(cb);
 }
 
 const char *tq_simd_path(void) { return simd()->name; }
