@@ -47,14 +47,9 @@ def instantiations(metal_dir: Path) -> dict[str, str]:
     return found
 
 
-def _bits_n(type_name: str) -> tuple[int, int]:
-    return int(type_name[5]), TURBO_BLOCK[type_name]
-
-
-def _turbo_args(type_name: str) -> str:
-    """What the template arguments must name for this type: its block and its (bits, n)."""
-    bits, n = _bits_n(type_name)
-    return f"block_{type_name}", f"<{bits}, {n}>"
+def _turbo_args(type_name: str) -> tuple[str, str]:
+    """What the template arguments must name for this type: its block and its <bits, n>."""
+    return f"block_{type_name}", f"<{type_name[5]}, {TURBO_BLOCK[type_name]}>"
 
 
 def _fa_vec_cases() -> list[tuple[str, str, int]]:
@@ -101,14 +96,16 @@ def test_flash_attention_vec_kernels_cover_the_supported_pairs(
         # FA_TYPES, K block, nl_k, deq_k, V block, nl_v, deq_v, DK, DV, NE
         k_block, k_nl, k_deq, v_block, v_nl, v_deq, dk, dv = args[1:9]
         assert (int(dk), int(dv)) == (head, head)
-        assert (v_block, v_deq) == (
-            f"block_{v}",
-            f"dequantize_turbo_t4<{_bits_n(v)[0]}, {_bits_n(v)[1]}>",
-        )
+        block, bits_n = _turbo_args(v)
+        assert (v_block, v_deq) == (block, f"dequantize_turbo_t4{bits_n}")
         assert int(v_nl) == TURBO_BLOCK[v] // 4
         if k in TURBO_BLOCK:
-            assert (k_block, int(k_nl)) == (f"block_{k}", TURBO_BLOCK[k] // 4)
-            assert k_deq == f"dequantize_turbo_t4<{_bits_n(k)[0]}, {_bits_n(k)[1]}>"
+            block, bits_n = _turbo_args(k)
+            assert (k_block, int(k_nl), k_deq) == (
+                block,
+                TURBO_BLOCK[k] // 4,
+                f"dequantize_turbo_t4{bits_n}",
+            )
         else:
             assert (k_block, k_nl) == {"f16": ("half4", "1"), "q8_0": ("block_q8_0", "8")}[k]
         # The baseline NE of ggml-metal-tuning.cpp (the host asks for the baseline for turbo).
