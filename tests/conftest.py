@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import tarfile
 import textwrap
@@ -104,8 +105,9 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 '''
 
 
-def make_sdist(sandbox: Sandbox, index: Path) -> UpstreamPin:
-    """A tarball laid out like the llama-cpp-python sdist: upstream as a git submodule."""
+def make_sdist(sandbox: Sandbox, index: Path, build_requires: tuple[str, ...] = ()) -> UpstreamPin:
+    """A tarball laid out like the llama-cpp-python sdist: upstream as a git submodule.
+    ``build_requires`` go into its ``[build-system] requires``."""
     top = index.parent / "sdist-tree" / "fake_llama-0.0.1"
     (top / "vendor" / "llama").mkdir(parents=True)
     gitdir = top / ".git" / "modules" / "vendor" / "llama"
@@ -121,10 +123,10 @@ def make_sdist(sandbox: Sandbox, index: Path) -> UpstreamPin:
     (top / "pyproject.toml").write_text(
         textwrap.dedent("""\
         [build-system]
-        requires = []
+        requires = {requires}
         build-backend = "backend"
         backend-path = ["."]
-        """)
+        """).format(requires=json.dumps(list(build_requires)))
     )
     (top / "backend.py").write_text(BACKEND)
     (top / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: fake-llama\nVersion: 0.0.1\n")

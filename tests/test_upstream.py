@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import tarfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +47,41 @@ def test_sdist_is_downloaded_verified_and_imported(sandbox: Sandbox, offline_ind
     assert _commits(up.repo) == [pin.commit]
     assert (sandbox.paths.downloads / pin.sdist.filename).is_file()
     assert is_valid(up.repo, pin.commit)
+
+
+def _build_requirement(index: Path) -> str:
+    """``tqh-helper 1.0`` in the index as a wheel and as an sdist whose build always fails,
+    like cmake, which ships wheels and builds from source for 45 minutes."""
+    import zipfile
+
+    name = "tqh_helper-1.0"
+    meta = "Metadata-Version: 2.1\nName: tqh-helper\nVersion: 1.0\n"
+    with zipfile.ZipFile(index / f"{name}-py3-none-any.whl", "w") as whl:
+        whl.writestr(f"{name}.dist-info/METADATA", meta)
+        whl.writestr(
+            f"{name}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        whl.writestr(f"{name}.dist-info/RECORD", "")
+    tree = index.parent / "helper-tree" / name
+    tree.mkdir(parents=True)
+    (tree / "PKG-INFO").write_text(meta)
+    (tree / "setup.py").write_text("raise SystemExit('built from source')\n")
+    with tarfile.open(index / f"{name}.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname=name)
+    return "tqh-helper==1.0"
+
+
+def test_sdist_fetch_builds_nothing_from_source_but_the_pin(
+    sandbox: Sandbox, offline_index: Path
+) -> None:
+    # pip prepares the sdist's metadata in an isolated environment; `--no-binary :all:`
+    # would build this requirement from its sdist there (and fail), a wheel is what it
+    # must take.
+    offline_index.mkdir(parents=True)
+    pin = make_sdist(sandbox, offline_index, build_requires=(_build_requirement(offline_index),))
+    up = ensure_upstream(sandbox.paths, pin, mode=FetchMode.SDIST)
+    assert up.commit == pin.commit
 
 
 def test_sdist_with_wrong_hash_is_refused(sandbox: Sandbox, offline_index: Path) -> None:
