@@ -29,7 +29,15 @@ STAMP = "tqh-configure.json"
 # What the later stages run: perplexity gates, benchmarks, backend tests, and the kernels
 # library with the shared objects and programs the parity session loads.
 TOOL_TARGETS = ("llama-perplexity", "llama-bench", "test-backend-ops")
-KERNEL_TARGETS = ("turboquant", "turboquant_shared", "turboquant_metal_shim", "tq_bench")
+KERNEL_TARGETS = (
+    "turboquant",
+    "turboquant_shared",
+    "turboquant_metal_shim",
+    "turboquant_cuda_shim",
+    "tq_bench",
+)
+# With --backend cuda: the CUDA math as GPU kernels, for `parity --backend cuda`.
+CUDA_KERNEL_TARGETS = ("turboquant_cuda_gpu",)
 
 
 class Backend(Enum):
@@ -67,6 +75,7 @@ class BuildOptions:
         ]
         if self.backend is Backend.CUDA:
             d.append(f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_architectures}")
+            d.append("-DTURBOQUANT_CUDA=ON")
         return d + [f"-D{x}" for x in self.defines]
 
 

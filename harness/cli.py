@@ -47,13 +47,17 @@ def _upstream(args: argparse.Namespace, paths: Paths) -> Upstream:
 
 
 def cmd_build(args: argparse.Namespace, paths: Paths) -> None:
+    backend = build_mod.Backend(args.backend)
+    default_targets = build_mod.BuildOptions.targets + (
+        build_mod.CUDA_KERNEL_TARGETS if backend is build_mod.Backend.CUDA else ()
+    )
     options = build_mod.BuildOptions(
-        backend=build_mod.Backend(args.backend),
+        backend=backend,
         build_type=args.build_type,
         native=not args.no_native,
         cuda_architectures=args.cuda_arch,
         defines=tuple(args.define),
-        targets=tuple(args.target) if args.target else build_mod.BuildOptions.targets,
+        targets=tuple(args.target) if args.target else default_targets,
         jobs=args.jobs,
     )
     upstream = _upstream(args, paths)
@@ -83,11 +87,13 @@ def cmd_fetch(args: argparse.Namespace, paths: Paths) -> None:
     print(f"{up.commit} ({up.origin}) in {up.repo}")
 
 
-def _built(paths: Paths) -> build_mod.BuildResult:
-    """The CPU build that `build` made; the later stages never build on their own."""
-    directory = build_mod.build_dir(paths, build_mod.BuildOptions())
+def _built(paths: Paths, backend: str = "cpu") -> build_mod.BuildResult:
+    """The build of ``backend`` that `build` made; the later stages never build on their own."""
+    options = build_mod.BuildOptions(backend=build_mod.Backend(backend))
+    directory = build_mod.build_dir(paths, options)
     if not (directory / build_mod.STAMP).is_file() or not (directory / "bin").is_dir():
-        raise ConfigError(f"no build in {directory}; run `nox -s build` first")
+        flag = "" if backend == "cpu" else f" -- --backend {backend}"
+        raise ConfigError(f"no build in {directory}; run `nox -s build{flag}` first")
     return build_mod.BuildResult(directory, 0, False)
 
 
@@ -97,13 +103,14 @@ def _report_path(paths: Paths, stem: str) -> Path:
 
 
 def cmd_parity(args: argparse.Namespace, paths: Paths) -> None:
-    built = _built(paths)
+    built = _built(paths, args.backend)
     parity.run_parity(
         built.kernels,
         vectors=args.vectors,
         filter=args.k,
         json_out=_report_path(paths, "parity"),
         bench=not args.no_bench,
+        gpu=args.backend == "cuda",
     )
     if args.k is None:
         ggml_parity.run_ggml_parity(
@@ -251,6 +258,12 @@ def parser() -> argparse.ArgumentParser:
         help="random vectors per turbo type pushed through the built ggml",
     )
     p.add_argument("--no-bench", action="store_true", help="skip the throughput benchmark")
+    p.add_argument(
+        "--backend",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: check build/cuda, and run the CUDA math on the GPU as well",
+    )
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("bench", help="llama-bench speed and KV memory per cache type, vs f16")

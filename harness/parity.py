@@ -3,10 +3,12 @@
 For every format (turbo2..turbo5 at blocks 128 and 64) and every case:
 
 - the packed bytes of every encoder (libturboquant's scalar, SIMD and dispatching paths, and
-  the Metal header's math through its host shim) equal ``reference.formats.encode``, bit for
-  bit, which covers the indices and the fp16 scale;
-- the floats of every decoder (the same paths, plus the Metal per-element path) equal
-  ``reference.formats.decode`` of those bytes, bit for bit;
+  the Metal and CUDA headers' math through their host shims) equal
+  ``reference.formats.encode``, bit for bit, which covers the indices and the fp16 scale;
+- the floats of every decoder (the same paths, plus the Metal 4-value path and the CUDA
+  flash-attention path) equal ``reference.formats.decode`` of those bytes, bit for bit;
+- with ``gpu=True`` (``--backend cuda``), the same CUDA functions run on the GPU
+  (libturboquant_cuda_gpu) and are held to the same rules;
 - the rotation (scalar, SIMD, dispatching) equals ``reference.rotation``, bit for bit, NaN
   compared as a class (``ROTATION_NAN_AS_CLASS`` says why).
 
@@ -45,10 +47,21 @@ ROTATION_NAN_AS_CLASS = (
     "rotation outputs that are NaN match any NaN: IEEE 754 does not fix which NaN an "
     "operation on two NaN operands returns, and a + b may be computed as b + a"
 )
-TOLERANCES = {"decode": "bit-exact", "encode": "bit-exact", "rotation": ROTATION_NAN_AS_CLASS}
+FA_DECODE_NAN_AS_CLASS = (
+    "the flash-attention decoders (-fa) decode a NaN scale to some NaN: they multiply "
+    "without a NaN test, and a GPU multiply returns its canonical NaN, not the scale's"
+)
+TOLERANCES = {
+    "decode": "bit-exact",
+    "encode": "bit-exact",
+    "rotation": ROTATION_NAN_AS_CLASS,
+    "flash-attention decode": FA_DECODE_NAN_AS_CLASS,
+}
 
-ENCODERS = ("scalar", "simd", "dispatch", "metal")
-DECODERS = ("scalar", "simd", "dispatch", "metal", "metal-t4")
+ENCODERS = ("scalar", "simd", "dispatch", "metal", "cuda")
+DECODERS = ("scalar", "simd", "dispatch", "metal", "metal-t4", "cuda", "cuda-fa")
+GPU_ENCODERS = ("cuda-gpu",)
+GPU_DECODERS = ("cuda-gpu", "cuda-gpu-fa")
 ROTATORS = ("scalar", "simd", "dispatch")
 
 CHUNK = 32768
@@ -87,11 +100,14 @@ def _library_file(lib_dir: Path, stem: str) -> Path:
 
 
 class Kernels:
-    """libturboquant and the Metal shim, loaded with ctypes."""
+    """libturboquant and the Metal and CUDA shims, loaded with ctypes; with ``gpu`` also the
+    CUDA GPU runner (libturboquant_cuda_gpu, built by ``--backend cuda``). Raises
+    ConfigError when a library is missing."""
 
-    def __init__(self, lib_dir: Path) -> None:
+    def __init__(self, lib_dir: Path, *, gpu: bool = False) -> None:
         self.lib = ctypes.CDLL(str(_library_file(lib_dir, "turboquant")))
         self.shim = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_metal_shim")))
+        cuda = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_shim")))
         row = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         rot = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
         suffix = {"scalar": "_scalar", "simd": "_simd", "dispatch": ""}
@@ -100,6 +116,13 @@ class Kernels:
         self.decoders = {p: self.lib[f"tq_dequantize_row{s}"] for p, s in suffix.items()}
         self.decoders["metal"] = self.shim.tq_metal_dequantize_row
         self.decoders["metal-t4"] = self.shim.tq_metal_dequantize_row_t4
+        runners = [("cuda", cuda)]
+        if gpu:
+            runners.append(("cuda-gpu", ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_gpu")))))
+        for name, runner in runners:
+            self.encoders[name] = runner.tq_cuda_quantize_row
+            self.decoders[name] = runner.tq_cuda_dequantize_row
+            self.decoders[f"{name}-fa"] = runner.tq_cuda_dequantize_row_fa
         self.rotators = {
             (p, d): self.lib[f"tq_rotate_{d}{s}"]
             for p, s in suffix.items()
@@ -543,7 +566,7 @@ def check_case(case: Case, kernels: Kernels, pool: ThreadPoolExecutor) -> CaseRe
                 # The Metal shim is the slow path: it runs while numpy computes the reference.
                 metal = pool.submit(kernels.encode, "metal", fmt, case.data)
                 blocks = ref.encode(case.data, fmt)
-                for path in ENCODERS:
+                for path in kernels.encoders:
                     got = (
                         metal.result() if path == "metal" else kernels.encode(path, fmt, case.data)
                     )
@@ -551,9 +574,11 @@ def check_case(case: Case, kernels: Kernels, pool: ThreadPoolExecutor) -> CaseRe
             else:
                 blocks = case.data
             want = ref.decode(blocks, fmt)
-            for path in DECODERS:
+            for path in kernels.decoders:
                 got = kernels.decode(path, fmt, blocks)
-                bad[f"{path}-decode"] = _row_mismatches(got, want)
+                bad[f"{path}-decode"] = _row_mismatches(
+                    got, want, nan_as_class=path.endswith("-fa")
+                )
                 max_err = max(max_err, _max_abs_error(got, want))
             if case.stats:
                 y = case.data.astype(np.float64)
@@ -618,10 +643,11 @@ def format_table(rows: list[FormatRow]) -> str:
 
 
 def run_checks(
-    lib_dir: Path, specs: Sequence[CaseSpec]
+    lib_dir: Path, specs: Sequence[CaseSpec], *, gpu: bool = False
 ) -> tuple[list[FormatRow], list[CaseResult], str]:
-    """Check each case; return the table rows, every case's result and the SIMD path."""
-    kernels = Kernels(lib_dir)
+    """Check each case (on the GPU runner too with ``gpu``); return the table rows, every
+    case's result and the SIMD path."""
+    kernels = Kernels(lib_dir, gpu=gpu)
     rows: dict[tuple[str, int], FormatRow] = {}
     results = []
     progress = Progress("parity")
@@ -704,15 +730,18 @@ def run_parity(
     filter: str | None = None,
     json_out: Path,
     bench: bool = True,
+    gpu: bool = False,
 ) -> None:
     """Check every case (or those matching ``filter``), print the table and the throughput
-    benchmark, write everything to ``json_out``; raise ParityError on any mismatch."""
+    benchmark, write everything to ``json_out``; raise ParityError on any mismatch.
+    ``gpu`` adds the CUDA functions run on the GPU (libturboquant_cuda_gpu in ``lib_dir``)."""
     lib_dir = Path(lib_dir)
     specs = list(select(generate_cases(vectors), filter))
     if not specs:
         raise ConfigError(f"no parity case matches {filter!r}")
-    rows, results, simd_path = run_checks(lib_dir, specs)
-    print(f"\nparity against reference/ (SIMD path: {simd_path})")
+    rows, results, simd_path = run_checks(lib_dir, specs, gpu=gpu)
+    where = ", CUDA on the GPU" if gpu else ""
+    print(f"\nparity against reference/ (SIMD path: {simd_path}{where})")
     for check, rule in TOLERANCES.items():
         print(f"  {check}: {rule}")
     print(format_table(rows))
@@ -723,6 +752,7 @@ def run_parity(
     failed = [r for r in results if r.mismatched_vectors]
     report = {
         "simd_path": simd_path,
+        "gpu": gpu,
         "vectors_per_format": vectors,
         "filter": filter,
         "tolerances": TOLERANCES,

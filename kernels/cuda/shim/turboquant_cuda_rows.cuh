@@ -1,0 +1,59 @@
+/* What one GPU thread does for each entry point of turboquant_cuda_shim.h, shared by the
+ * host runner (a loop over threads) and the GPU runner (a kernel launch). */
+#ifndef TURBOQUANT_CUDA_ROWS_CUH
+#define TURBOQUANT_CUDA_ROWS_CUH
+
+#include "turboquant.h"
+#include "turboquant_cuda_ggml.cuh"
+
+/* Thread t of quantize: block t. */
+template <int B, int N> TQ_CU_HD void tq_cu_row_quantize(const float *y, uint8_t *dst, int64_t t)
+{
+    tq_cu_quantize_ggml<B, N>(y + t * N, (block_tq_cu<B, N> *)dst + t);
+}
+
+/* Thread t of dequantize: values iqs and iqs + N/2 of block t / (N/2). */
+template <int B, int N> TQ_CU_HD void tq_cu_row_dequantize(const uint8_t *src, float *y, int64_t t)
+{
+    const int64_t ib = t / (N / 2);
+    const int iqs = (int)(t % (N / 2));
+    float2 v;
+    tq_cu_dequantize_ggml<B, N>(src, ib, iqs, v);
+    y[ib * N + iqs] = v.x;
+    y[ib * N + iqs + N / 2] = v.y;
+}
+
+/* Thread t of the flash-attention decode: values 8*(t % (N/8)) .. +7 of block t / (N/8). */
+template <int B, int N> TQ_CU_HD void tq_cu_row_decode8(const uint8_t *src, float *y, int64_t t)
+{
+    const int64_t ib = t / (N / 8);
+    const int j0 = (int)(t % (N / 8)) * 8;
+    const uint8_t *blk = src + ib * tq_cu_format<B, N>::nbytes;
+    tq_cu_decode8<B, N>(blk, j0, tq_cu_block_scale(blk), y + ib * N + j0);
+}
+
+/* TQ_OK for a format with tables and a whole number of blocks, else the error code. */
+inline int tq_cu_check_row(int bits, int n, int64_t k)
+{
+    if (bits < 2 || bits > 5 || (n != 64 && n != 128)) {
+        return TQ_ERR_FORMAT;
+    }
+    return k < 0 || k % n != 0 ? TQ_ERR_LENGTH : TQ_OK;
+}
+
+/* fn<B, N>(args...) for a format (bits, n) with tables; TQ_ERR_FORMAT otherwise. */
+#define TQ_CU_FOR_FORMAT(rc, bits, n, fn, ...)                                                  \
+    do {                                                                                       \
+        rc = TQ_OK;                                                                            \
+        if ((n) == 64 && (bits) == 2) fn<2, 64>(__VA_ARGS__);                                  \
+        else if ((n) == 64 && (bits) == 3) fn<3, 64>(__VA_ARGS__);                             \
+        else if ((n) == 64 && (bits) == 4) fn<4, 64>(__VA_ARGS__);                             \
+        else if ((n) == 64 && (bits) == 5) fn<5, 64>(__VA_ARGS__);                             \
+        else if ((n) == 128 && (bits) == 2) fn<2, 128>(__VA_ARGS__);                           \
+        else if ((n) == 128 && (bits) == 3) fn<3, 128>(__VA_ARGS__);                           \
+        else if ((n) == 128 && (bits) == 4) fn<4, 128>(__VA_ARGS__);                           \
+        else if ((n) == 128 && (bits) == 5) fn<5, 128>(__VA_ARGS__);                           \
+        else rc = TQ_ERR_FORMAT;                                                               \
+    } while (0)
+
+#endif /* TURBOQUANT_CUDA_ROWS_CUH */

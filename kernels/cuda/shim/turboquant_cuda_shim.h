@@ -1,0 +1,39 @@
+/* C API of the CUDA math's two runners, with the signatures of the matching libturboquant
+ * functions so parity can compare them with the reference:
+ *   libturboquant_cuda_shim   the functions compiled for the host (C++17, no GPU needed);
+ *   libturboquant_cuda_gpu    the same functions run as CUDA kernels on the GPU.
+ * Rows are k floats (k a multiple of n) in host memory; blocks are k/n * nbytes bytes.
+ * Each returns TQ_OK, TQ_ERR_FORMAT (no format (bits, n)) or TQ_ERR_LENGTH; the GPU
+ * runner also TQ_ERR_DEVICE (-100) when a CUDA call fails. */
+#ifndef TURBOQUANT_CUDA_SHIM_API_H
+#define TURBOQUANT_CUDA_SHIM_API_H
+
+#include <stdint.h>
+
+#if defined(TQ_BUILDING) && (defined(__GNUC__) || defined(__clang__))
+#define TQ_CUDA_API __attribute__((visibility("default")))
+#else
+#define TQ_CUDA_API
+#endif
+
+#define TQ_ERR_DEVICE (-100)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* tq_cu_quantize_ggml, one block per thread: SET_ROWS and CPY from f32. */
+TQ_CUDA_API int tq_cuda_quantize_row(int bits, int n, const float *y, void *dst, int64_t k);
+
+/* tq_cu_dequantize_ggml, values (i, i + n/2) per call: GET_ROWS, CPY, the f16/f32
+ * conversions. */
+TQ_CUDA_API int tq_cuda_dequantize_row(int bits, int n, const void *src, float *y, int64_t k);
+
+/* tq_cu_decode8, 8 values per call: the flash-attention decode (a NaN scale gives some NaN). */
+TQ_CUDA_API int tq_cuda_dequantize_row_fa(int bits, int n, const void *src, float *y, int64_t k);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TURBOQUANT_CUDA_SHIM_API_H */

@@ -1,0 +1,136 @@
+/* Runs kernels/cuda on the GPU behind the C API of shim/turboquant_cuda_shim.h: copy the
+ * row in, one CUDA thread per unit of work (the same per-thread functions the host runner
+ * loops over, and that ggml-cuda's kernels call), copy the result out. Built with
+ * -DTURBOQUANT_CUDA=ON; `nox -s parity -- --backend cuda` loads it. */
+#include "shim/turboquant_cuda_shim.h"
+#include "shim/turboquant_cuda_rows.cuh"
+
+#include <cuda_runtime.h>
+
+namespace {
+
+template <int B, int N> __global__ void k_quantize(const float *y, uint8_t *dst, int64_t nt)
+{
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < nt) {
+        tq_cu_row_quantize<B, N>(y, dst, t);
+    }
+}
+
+template <int B, int N> __global__ void k_dequantize(const uint8_t *src, float *y, int64_t nt)
+{
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < nt) {
+        tq_cu_row_dequantize<B, N>(src, y, t);
+    }
+}
+
+template <int B, int N> __global__ void k_decode8(const uint8_t *src, float *y, int64_t nt)
+{
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < nt) {
+        tq_cu_row_decode8<B, N>(src, y, t);
+    }
+}
+
+constexpr int kThreads = 128;
+
+unsigned grid(int64_t nt) { return (unsigned)((nt + kThreads - 1) / kThreads); }
+
+template <int B, int N> void quantize(const float *y, uint8_t *dst, int64_t k)
+{
+    k_quantize<B, N><<<grid(k / N), kThreads>>>(y, dst, k / N);
+}
+
+template <int B, int N> void dequantize(const uint8_t *src, float *y, int64_t k)
+{
+    k_dequantize<B, N><<<grid(k / 2), kThreads>>>(src, y, k / 2);
+}
+
+template <int B, int N> void decode8(const uint8_t *src, float *y, int64_t k)
+{
+    k_decode8<B, N><<<grid(k / 8), kThreads>>>(src, y, k / 8);
+}
+
+size_t block_bytes(int bits, int n) { return (size_t)(2 + n * bits / 8); }
+
+/* Device buffers of a call, freed on every path. */
+struct Buffers {
+    void *in = nullptr;
+    void *out = nullptr;
+    ~Buffers()
+    {
+        cudaFree(in);
+        cudaFree(out);
+    }
+};
+
+#define TQ_CUDA_TRY(call)                                                                      \
+    do {                                                                                       \
+        if ((call) != cudaSuccess) {                                                           \
+            return TQ_ERR_DEVICE;                                                              \
+        }                                                                                      \
+    } while (0)
+
+} // namespace
+
+extern "C" int tq_cuda_quantize_row(int bits, int n, const float *y, void *dst, int64_t k)
+{
+    int rc = tq_cu_check_row(bits, n, k);
+    if (rc != TQ_OK || k == 0) {
+        return rc;
+    }
+    const size_t out_bytes = (size_t)(k / n) * block_bytes(bits, n);
+    Buffers b;
+    TQ_CUDA_TRY(cudaMalloc(&b.in, (size_t)k * sizeof(float)));
+    TQ_CUDA_TRY(cudaMalloc(&b.out, out_bytes));
+    TQ_CUDA_TRY(cudaMemcpy(b.in, y, (size_t)k * sizeof(float), cudaMemcpyHostToDevice));
+    TQ_CUDA_TRY(cudaMemset(b.out, 0xA5, out_bytes)); /* poison: every byte must be written */
+    TQ_CU_FOR_FORMAT(rc, bits, n, quantize, (const float *)b.in, (uint8_t *)b.out, k);
+    TQ_CUDA_TRY(cudaGetLastError());
+    TQ_CUDA_TRY(cudaMemcpy(dst, b.out, out_bytes, cudaMemcpyDeviceToHost));
+    return rc;
+}
+
+template <int (*launch_fn)(int, int, const uint8_t *, float *, int64_t)>
+static int run_decode(int bits, int n, const void *src, float *y, int64_t k)
+{
+    int rc = tq_cu_check_row(bits, n, k);
+    if (rc != TQ_OK || k == 0) {
+        return rc;
+    }
+    const size_t in_bytes = (size_t)(k / n) * block_bytes(bits, n);
+    Buffers b;
+    TQ_CUDA_TRY(cudaMalloc(&b.in, in_bytes));
+    TQ_CUDA_TRY(cudaMalloc(&b.out, (size_t)k * sizeof(float)));
+    TQ_CUDA_TRY(cudaMemcpy(b.in, src, in_bytes, cudaMemcpyHostToDevice));
+    TQ_CUDA_TRY(cudaMemset(b.out, 0xA5, (size_t)k * sizeof(float)));
+    rc = launch_fn(bits, n, (const uint8_t *)b.in, (float *)b.out, k);
+    TQ_CUDA_TRY(cudaGetLastError());
+    TQ_CUDA_TRY(cudaMemcpy(y, b.out, (size_t)k * sizeof(float), cudaMemcpyDeviceToHost));
+    return rc;
+}
+
+static int launch_dequantize(int bits, int n, const uint8_t *src, float *y, int64_t k)
+{
+    int rc;
+    TQ_CU_FOR_FORMAT(rc, bits, n, dequantize, src, y, k);
+    return rc;
+}
+
+static int launch_decode8(int bits, int n, const uint8_t *src, float *y, int64_t k)
+{
+    int rc;
+    TQ_CU_FOR_FORMAT(rc, bits, n, decode8, src, y, k);
+    return rc;
+}
+
+extern "C" int tq_cuda_dequantize_row(int bits, int n, const void *src, float *y, int64_t k)
+{
+    return run_decode<launch_dequantize>(bits, n, src, y, k);
+}
+
+extern "C" int tq_cuda_dequantize_row_fa(int bits, int n, const void *src, float *y, int64_t k)
+{
+    return run_decode<launch_decode8>(bits, n, src, y, k);
+}

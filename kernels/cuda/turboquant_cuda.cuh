@@ -1,0 +1,235 @@
+/*
+ * The turbo block formats (reference/SPEC.md) as CUDA code that compiles for the device and
+ * for the host: one block quantized (SET_ROWS, CPY from f32) and values decoded (GET_ROWS,
+ * CPY, the f16 conversion, flash attention). Without nvcc it is plain C++17, which is how
+ * `nox -s parity` checks it bit for bit on a machine without a GPU (shim/cuda_shim.cpp);
+ * tools/tq_cuda_parity.cu runs the same functions on a GPU.
+ *
+ * Exactness on the device, where ggml-cuda compiles with -use_fast_math:
+ * - every double operation is IEEE (fast-math only changes single precision), and every
+ *   product the quantizer adds up is exact in double (float x float), so FMA contraction
+ *   cannot change a sum;
+ * - -ftz would flush a subnormal float when it is widened to double, so tq_cu_widen builds
+ *   the double from the float's bits;
+ * - decode is one float multiply of normal floats (|d| >= 2^-24, |level| >= 0.0058), and a
+ *   NaN scale gives the quieted NaN of the scale, as a CPU multiply does, not the GPU's
+ *   canonical NaN.
+ */
+#ifndef TURBOQUANT_CUDA_CUH
+#define TURBOQUANT_CUDA_CUH
+
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
+#define TQ_CU_HD __host__ __device__ __forceinline__
+#else
+#include <math.h>
+#include <string.h>
+#define TQ_CU_HD inline
+#endif
+
+#include "turboquant_cuda_tables.cuh"
+
+/* Layout of a block of N values at B bits (SPEC.md section 6): fp16 scale in bytes 0-1, the
+ * low plane (B, or 2 for B = 3, 4 for B = 5, bits per value) from byte 2, then for B = 3
+ * and 5 the plane of each value's top bit. */
+template <int B, int N> struct tq_cu_format {
+    static constexpr int bits = B;
+    static constexpr int n = N;
+    static constexpr int lo_bits = B == 3 ? 2 : (B == 5 ? 4 : B);
+    static constexpr int hi_offset = 2 + N * lo_bits / 8;
+    static constexpr int nbytes = 2 + N * B / 8;
+};
+
+TQ_CU_HD float tq_cu_f32_from_bits(uint32_t u)
+{
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+#endif
+}
+
+TQ_CU_HD uint32_t tq_cu_bits_from_f32(float f)
+{
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+#endif
+}
+
+/* Exact float -> double, subnormals included, whatever the flush-to-zero mode. */
+TQ_CU_HD double tq_cu_widen(float f)
+{
+    const uint32_t b = tq_cu_bits_from_f32(f);
+    if ((b & 0x7F800000u) == 0u) {
+        const double m = (double)(int32_t)(b & 0x7FFFFFu) * 1.401298464324817e-45; /* 2^-149 */
+        return (b >> 31) != 0u ? -m : m;
+    }
+    return (double)f;
+}
+
+/* IEEE binary16 -> float, exact (NaN payloads kept). */
+TQ_CU_HD float tq_cu_half_to_float(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1Fu;
+    const uint32_t mant = h & 0x3FFu;
+    if (exp == 0x1Fu) {
+        return tq_cu_f32_from_bits(sign | 0x7F800000u | (mant << 13));
+    }
+    if (exp != 0u) {
+        return tq_cu_f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
+    }
+    /* Zero or subnormal: mant * 2^-24, exact in float. */
+    const float m = (float)mant * 5.9604644775390625e-08f;
+    return tq_cu_f32_from_bits(sign | tq_cu_bits_from_f32(m));
+}
+
+/* float -> fp16 bits, nearest-even, saturating at 65504 (SPEC.md section 4 step 6). */
+TQ_CU_HD uint16_t tq_cu_fp16_from_float(float f)
+{
+    const uint32_t x = tq_cu_bits_from_f32(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax > 0x7F800000u) {
+        return (uint16_t)(sign | 0x7E00u | (ax >> 13 & 0x3FFu));
+    }
+    if (ax >= 0x477FF000u) {
+        return (uint16_t)(sign | 0x7BFFu);
+    }
+    if (ax >= 0x38800000u) {
+        const uint32_t r = ax - 0x38000000u + 0xFFFu + ((ax >> 13) & 1u);
+        return (uint16_t)(sign | (r >> 13));
+    }
+    if (ax <= 0x33000000u) {
+        return sign;
+    }
+    const uint32_t mant = (ax & 0x7FFFFFu) | 0x800000u;
+    const uint32_t shift = 126u - (ax >> 23);
+    uint32_t q = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1u);
+    const uint32_t half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u) != 0u)) {
+        q++;
+    }
+    return (uint16_t)(sign | q);
+}
+
+/* The contract's 8-lane order: acc[i % 8] += term_i, then this fixed tree. */
+TQ_CU_HD double tq_cu_lane8_total(const double acc[8])
+{
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+/* Quantize one block of N floats y (already rotated) into its nbytes bytes at blk (any
+ * alignment): SPEC.md section 4, steps 1-6, then the layout of section 6. One thread. */
+template <int B, int N> TQ_CU_HD void tq_cu_quantize_block(const float *y, uint8_t *blk)
+{
+    typedef tq_cu_format<B, N> F;
+    typedef tq_cu_codebook<B, N> C;
+    static_assert(N % 8 == 0, "blocks hold whole groups of 8 values");
+
+    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int i = 0; i < N; i++) {
+        const double v = tq_cu_widen(y[i]);
+        acc[i % 8] += v * v;
+    }
+    const double gamma = sqrt(tq_cu_lane8_total(acc));
+
+    uint16_t d_bits = 0x7E00u;
+    if (!(gamma - gamma == 0.0)) { /* Inf or NaN: poison the block, every index 0 */
+        for (int i = 2; i < F::nbytes; i++) {
+            blk[i] = 0;
+        }
+    } else {
+        const double inv = gamma == 0.0 ? 0.0 : 1.0 / gamma;
+        double p[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        double q[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        for (int g = 0; g < N / 8; g++) {
+            uint32_t lo = 0; /* 8 values of the low plane: lo_bits bytes */
+            uint32_t hi = 0; /* their top bits: one byte */
+            for (int l = 0; l < 8; l++) {
+                const double v = tq_cu_widen(y[8 * g + l]);
+                const double u = gamma == 0.0 ? 0.0 : v * inv;
+                const unsigned k = C::index(u);
+                const double c = (double)C::level(k);
+                p[l] += v * c;
+                q[l] += c * c;
+                lo |= (uint32_t)(k & ((1u << F::lo_bits) - 1u)) << (F::lo_bits * l);
+                hi |= (uint32_t)(k >> F::lo_bits) << l;
+            }
+            for (int b = 0; b < F::lo_bits; b++) {
+                blk[2 + g * F::lo_bits + b] = (uint8_t)(lo >> (8 * b));
+            }
+            if (F::lo_bits != B) {
+                blk[F::hi_offset + g] = (uint8_t)hi;
+            }
+        }
+        const double P = tq_cu_lane8_total(p);
+        const double Q = tq_cu_lane8_total(q);
+        const double d = (Q == 0.0 || gamma == 0.0) ? 0.0 : P / Q;
+        d_bits = tq_cu_fp16_from_float((float)d);
+    }
+    blk[0] = (uint8_t)(d_bits & 0xFFu);
+    blk[1] = (uint8_t)(d_bits >> 8);
+}
+
+/* The block's scale as a float. */
+TQ_CU_HD float tq_cu_block_scale(const uint8_t *blk)
+{
+    return tq_cu_half_to_float((uint16_t)(blk[0] | (uint16_t)blk[1] << 8));
+}
+
+/* d * level, with a NaN scale giving its own quieted NaN on every platform. */
+TQ_CU_HD float tq_cu_scale_level(float d, float level)
+{
+    if (d != d) {
+        return tq_cu_f32_from_bits(tq_cu_bits_from_f32(d) | 0x00400000u);
+    }
+    return d * level;
+}
+
+/* Index of value j (0 <= j < N) of a block. */
+template <int B, int N> TQ_CU_HD unsigned tq_cu_index_at(const uint8_t *blk, int j)
+{
+    typedef tq_cu_format<B, N> F;
+    const int per_byte = 8 / F::lo_bits;
+    unsigned k = (blk[2 + j / per_byte] >> (F::lo_bits * (j % per_byte))) & ((1u << F::lo_bits) - 1u);
+    if (F::lo_bits != B) {
+        k |= (unsigned)((blk[F::hi_offset + j / 8] >> (j % 8)) & 1u) << F::lo_bits;
+    }
+    return k;
+}
+
+/* Value j of a block, decoded: half_to_float(d) * C32[idx_j] (SPEC.md section 4, Decode). */
+template <int B, int N> TQ_CU_HD float tq_cu_decode_one(const uint8_t *blk, int j)
+{
+    return tq_cu_scale_level(tq_cu_block_scale(blk), tq_cu_codebook<B, N>::level(tq_cu_index_at<B, N>(blk, j)));
+}
+
+/* Values j0 .. j0+7 (j0 a multiple of 8) of a block, decoded, reading whole bytes only: the
+ * lo_bits bytes of their low plane and one byte of top bits. d is the block's scale. */
+template <int B, int N> TQ_CU_HD void tq_cu_decode8(const uint8_t *blk, int j0, float d, float out[8])
+{
+    typedef tq_cu_format<B, N> F;
+    typedef tq_cu_codebook<B, N> C;
+    uint32_t lo = 0;
+    for (int b = 0; b < F::lo_bits; b++) {
+        lo |= (uint32_t)blk[2 + (j0 / 8) * F::lo_bits + b] << (8 * b);
+    }
+    const uint32_t hi = F::lo_bits != B ? blk[F::hi_offset + j0 / 8] : 0u;
+    for (int l = 0; l < 8; l++) {
+        unsigned k = (lo >> (F::lo_bits * l)) & ((1u << F::lo_bits) - 1u);
+        k |= ((hi >> l) & 1u) << F::lo_bits;
+        out[l] = d * C::level(k);
+    }
+}
+
+#endif /* TURBOQUANT_CUDA_CUH */
