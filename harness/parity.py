@@ -60,8 +60,6 @@ TOLERANCES = {
 
 ENCODERS = ("scalar", "simd", "dispatch", "metal", "cuda")
 DECODERS = ("scalar", "simd", "dispatch", "metal", "metal-t4", "cuda", "cuda-fa")
-GPU_ENCODERS = ("cuda-gpu",)
-GPU_DECODERS = ("cuda-gpu", "cuda-gpu-fa")
 ROTATORS = ("scalar", "simd", "dispatch")
 
 CHUNK = 32768
@@ -121,6 +119,8 @@ class Kernels:
             runners.append(("cuda-gpu", ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_gpu")))))
         for name, runner in runners:
             self.encoders[name] = runner.tq_cuda_quantize_row
+            if name == "cuda-gpu":
+                self.encoders["cuda-gpu-warp"] = runner.tq_cuda_quantize_row_warp
             self.decoders[name] = runner.tq_cuda_dequantize_row
             self.decoders[f"{name}-fa"] = runner.tq_cuda_dequantize_row_fa
         self.rotators = {

@@ -13,7 +13,7 @@
  *   the double from the float's bits;
  * - decode is one float multiply of normal floats (|d| >= 2^-24, |level| >= 0.0058), and a
  *   NaN scale gives the quieted NaN of the scale, as a CPU multiply does, not the GPU's
- *   canonical NaN.
+ *   canonical NaN (except in the flash-attention decode, tq_cu_staged, where any NaN does).
  */
 #ifndef TURBOQUANT_CUDA_CUH
 #define TURBOQUANT_CUDA_CUH
@@ -214,22 +214,57 @@ template <int B, int N> TQ_CU_HD float tq_cu_decode_one(const uint8_t *blk, int 
     return tq_cu_scale_level(tq_cu_block_scale(blk), tq_cu_codebook<B, N>::level(tq_cu_index_at<B, N>(blk, j)));
 }
 
-/* Values j0 .. j0+7 (j0 a multiple of 8) of a block, decoded, reading whole bytes only: the
- * lo_bits bytes of their low plane and one byte of top bits. d is the block's scale. */
-template <int B, int N> TQ_CU_HD void tq_cu_decode8(const uint8_t *blk, int j0, float d, float out[8])
+TQ_CU_HD uint32_t tq_cu_load_u16(const uint8_t *p)
 {
-    typedef tq_cu_format<B, N> F;
-    typedef tq_cu_codebook<B, N> C;
-    uint32_t lo = 0;
-    for (int b = 0; b < F::lo_bits; b++) {
-        lo |= (uint32_t)blk[2 + (j0 / 8) * F::lo_bits + b] << (8 * b);
-    }
-    const uint32_t hi = F::lo_bits != B ? blk[F::hi_offset + j0 / 8] : 0u;
-    for (int l = 0; l < 8; l++) {
-        unsigned k = (lo >> (F::lo_bits * l)) & ((1u << F::lo_bits) - 1u);
-        k |= ((hi >> l) & 1u) << F::lo_bits;
-        out[l] = d * C::level(k);
-    }
+#ifdef __CUDA_ARCH__
+    return *(const uint16_t *)p;
+#else
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+#endif
 }
+
+TQ_CU_HD uint32_t tq_cu_load_u32(const uint8_t *p)
+{
+#ifdef __CUDA_ARCH__
+    return *(const uint32_t *)p;
+#else
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+#endif
+}
+
+/* A block as the flash-attention kernel stages it in shared memory: its NB bytes copied to
+ * OFF = 14 of an SB-byte slot (SB a multiple of 16), so the scale sits at 14 and the index
+ * planes start at 16, aligned for whole-word loads; the codebook is a table of NLUT floats
+ * (lut_entry(k) for k < NLUT), which a warp reads without bank conflicts whatever the
+ * indices, since NLUT <= 32 entries lie in distinct banks. */
+template <int B, int N> struct tq_cu_staged {
+    typedef tq_cu_format<B, N> F;
+    static constexpr int QK = N;
+    static constexpr int NB = F::nbytes;
+    static constexpr int OFF = 14;
+    static constexpr int LO = N * F::lo_bits / 8;
+    static constexpr int SB = (16 + LO + (F::lo_bits != B ? N / 8 : 0) + 15) / 16 * 16;
+    static constexpr int NLUT = 1 << B;
+
+    static TQ_CU_HD float lut_entry(int k) { return tq_cu_codebook<B, N>::level((unsigned)k); }
+
+    /* Values j0 .. j0+7 (j0 % 8 == 0) of the staged block sb: d * lut[idx], one float
+     * multiply each (a NaN scale gives a NaN, the GPU's own on a GPU). */
+    static TQ_CU_HD void decode8(const uint8_t *sb, int j0, const float *lut, float out[8])
+    {
+        const float d = tq_cu_half_to_float((uint16_t)tq_cu_load_u16(sb + 14));
+        const uint32_t lo = F::lo_bits == 2 ? tq_cu_load_u16(sb + 16 + j0 / 4) : tq_cu_load_u32(sb + 16 + j0 / 2);
+        const uint32_t hi = F::lo_bits != B ? sb[16 + LO + j0 / 8] : 0u;
+        for (int l = 0; l < 8; l++) {
+            const uint32_t k = ((lo >> (F::lo_bits * l)) & ((1u << F::lo_bits) - 1u)) |
+                               (((hi >> l) & 1u) << F::lo_bits);
+            out[l] = d * lut[k];
+        }
+    }
+};
 
 #endif /* TURBOQUANT_CUDA_CUH */

@@ -2,7 +2,11 @@
  * The turbo block types and the function shapes ggml-cuda's kernel templates take
  * (set-rows.cu, getrows.cu, convert.cu, cpy.cu of ggml-cuda):
  *
- *   tq_cu_quantize_ggml<B, N>(x, blk)          set_rows: one thread quantizes one block
+ *   tq_cu_quantize_ggml<B, N>(x, blk)          one thread quantizes one block (cpy)
+ *   tq_cu_quantize_block_warp<B, N>(x, blk)    the 32 lanes of a warp quantize one block, bit
+ *                                              for bit as one thread does (set_rows, through
+ *                                              tq_cu_set_rows: a single token's K or V is a
+ *                                              few blocks, so their latency is what counts)
  *   tq_cu_dequantize_ggml<B, N>(vx, ib, iqs, v) dequantize_kernel_t with qr = 2: values iqs
  *                                              and iqs + N/2 of block ib (get_rows, the
  *                                              conversions to f16/f32 for flash attention)
@@ -69,5 +73,148 @@ template <int B, int N, typename dst_t> TQ_CU_HD void tq_cu_cpy_blck_turbo(const
         tq_cu_store(y + j, tq_cu_decode_one<B, N>(blk, j));
     }
 }
+
+#ifdef __CUDACC__
+/* One 8-lane sum of the contract (SPEC.md section 4 step 1) over a warp whose lane L holds
+ * the terms of values L + 32m in t[m]: lane j's accumulator adds the terms of values
+ * j, j+8, j+16, ... in ascending order, exactly as acc[i % 8] += term_i does, then every
+ * lane folds the eight accumulators with the contract's tree. Returns the same double in
+ * every lane. */
+template <int M> __device__ __forceinline__ double tq_cu_warp_lane8(const double (&t)[M])
+{
+    const int lane = threadIdx.x % 32;
+    double acc = 0.0;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            acc += __shfl_sync(0xFFFFFFFFu, t[m], (lane & 7) + 8 * q);
+        }
+    }
+    double a[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        a[k] = __shfl_sync(0xFFFFFFFFu, acc, k);
+    }
+    return tq_cu_lane8_total(a);
+}
+
+/* tq_cu_quantize_block with the 32 lanes of a warp: lane L takes values L + 32m. Every lane
+ * must call it with the same y and blk (N floats, nbytes bytes). */
+template <int B, int N> __device__ void tq_cu_quantize_block_warp(const float *y, uint8_t *blk)
+{
+    typedef tq_cu_format<B, N> F;
+    typedef tq_cu_codebook<B, N> C;
+    constexpr int M = N / 32;
+    const int lane = threadIdx.x % 32;
+
+    double v[M], sq[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        v[m] = tq_cu_widen(y[lane + 32 * m]);
+        sq[m] = v[m] * v[m];
+    }
+    const double gamma = sqrt(tq_cu_warp_lane8<M>(sq));
+    if (!(gamma - gamma == 0.0)) { /* Inf or NaN: poison the block, every index 0 */
+        for (int i = 2 + lane; i < F::nbytes; i += 32) {
+            blk[i] = 0;
+        }
+        if (lane == 0) {
+            blk[0] = 0x00;
+            blk[1] = 0x7E;
+        }
+        return;
+    }
+    const double inv = gamma == 0.0 ? 0.0 : 1.0 / gamma;
+    unsigned k[M];
+    double pt[M], qt[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        const double u = gamma == 0.0 ? 0.0 : v[m] * inv;
+        k[m] = C::index(u);
+        const double c = (double)C::level(k[m]);
+        pt[m] = v[m] * c;
+        qt[m] = c * c;
+    }
+    const double P = tq_cu_warp_lane8<M>(pt);
+    const double Q = tq_cu_warp_lane8<M>(qt);
+
+    /* 32 values at a time: one ballot per index bit, then each byte by the lane it names. */
+    constexpr int lo_bytes = 4 * F::lo_bits; /* low-plane bytes of 32 values */
+    constexpr int per = 8 / F::lo_bits;      /* values per low-plane byte */
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        unsigned plane[B];
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            plane[b] = __ballot_sync(0xFFFFFFFFu, (k[m] >> b) & 1u);
+        }
+        if (lane < lo_bytes) {
+            unsigned byte = 0;
+#pragma unroll
+            for (int e = 0; e < per; e++) {
+#pragma unroll
+                for (int b = 0; b < F::lo_bits; b++) {
+                    byte |= ((plane[b] >> (lane * per + e)) & 1u) << (e * F::lo_bits + b);
+                }
+            }
+            blk[2 + m * lo_bytes + lane] = (uint8_t)byte;
+        }
+        if (F::lo_bits != B && lane < 4) {
+            blk[F::hi_offset + m * 4 + lane] = (uint8_t)(plane[B - 1] >> (8 * lane));
+        }
+    }
+    if (lane == 0) {
+        const double d = (Q == 0.0 || gamma == 0.0) ? 0.0 : P / Q;
+        const uint16_t d_bits = tq_cu_fp16_from_float((float)d);
+        blk[0] = (uint8_t)(d_bits & 0xFFu);
+        blk[1] = (uint8_t)(d_bits >> 8);
+    }
+}
+
+/* SET_ROWS into a turbo tensor, one warp per block: row i01 of src0 (floats, strides
+ * s01..s03 in floats) goes to row src1[i01, i02 % ne11, i03 % ne12] of dst (strides
+ * nb1..nb3 in bytes), as ggml defines the op. */
+template <typename idx_t, int B, int N>
+__global__ void tq_cu_k_set_rows(const float *src0, const idx_t *src1, char *dst, int64_t nblocks,
+                                 int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne11,
+                                 int64_t ne12, int64_t s01, int64_t s02, int64_t s03, int64_t s10,
+                                 int64_t s11, int64_t s12, int64_t nb1, int64_t nb2, int64_t nb3)
+{
+    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (w >= nblocks) {
+        return; /* w is the same for the 32 lanes of a warp */
+    }
+    const int64_t per_row = ne00 / N;
+    int64_t t = w;
+    const int64_t ib = t % per_row;
+    t /= per_row;
+    const int64_t i01 = t % ne01;
+    t /= ne01;
+    const int64_t i02 = t % ne02;
+    const int64_t i03 = t / ne02;
+    const int64_t row = (int64_t)src1[i01 * s10 + (i02 % ne11) * s11 + (i03 % ne12) * s12];
+    const float *y = src0 + i01 * s01 + i02 * s02 + i03 * s03 + ib * N;
+    uint8_t *blk = (uint8_t *)(dst + row * nb1 + i02 * nb2 + i03 * nb3) + ib * tq_cu_format<B, N>::nbytes;
+    tq_cu_quantize_block_warp<B, N>(y, blk);
+}
+
+template <typename idx_t, int B, int N>
+void tq_cu_set_rows(const float *src0, const idx_t *src1, char *dst, int64_t ne00, int64_t ne01,
+                    int64_t ne02, int64_t ne03, int64_t ne11, int64_t ne12, int64_t s01,
+                    int64_t s02, int64_t s03, int64_t s10, int64_t s11, int64_t s12, int64_t nb1,
+                    int64_t nb2, int64_t nb3, cudaStream_t stream)
+{
+    const int64_t nblocks = ne00 / N * ne01 * ne02 * ne03;
+    if (nblocks == 0) {
+        return;
+    }
+    constexpr int threads = 128;
+    const int64_t grid = (nblocks * 32 + threads - 1) / threads;
+    tq_cu_k_set_rows<idx_t, B, N><<<(unsigned)grid, threads, 0, stream>>>(
+        src0, src1, dst, nblocks, ne00, ne01, ne02, ne11, ne12, s01, s02, s03, s10, s11, s12, nb1,
+        nb2, nb3);
+}
+#endif /* __CUDACC__ */
 
 #endif /* TURBOQUANT_CUDA_GGML_CUH */

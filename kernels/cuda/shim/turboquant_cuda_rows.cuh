@@ -23,13 +23,23 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_dequantize(const uint8_t *src, f
     y[ib * N + iqs + N / 2] = v.y;
 }
 
-/* Thread t of the flash-attention decode: values 8*(t % (N/8)) .. +7 of block t / (N/8). */
+/* Thread t of the flash-attention decode: values 8*(t % (N/8)) .. +7 of block t / (N/8),
+ * staged and decoded through the codebook table as the flash-attention kernel does. */
 template <int B, int N> TQ_CU_HD void tq_cu_row_decode8(const uint8_t *src, float *y, int64_t t)
 {
+    typedef tq_cu_staged<B, N> S;
     const int64_t ib = t / (N / 8);
     const int j0 = (int)(t % (N / 8)) * 8;
-    const uint8_t *blk = src + ib * tq_cu_format<B, N>::nbytes;
-    tq_cu_decode8<B, N>(blk, j0, tq_cu_block_scale(blk), y + ib * N + j0);
+    const uint8_t *blk = src + ib * S::NB;
+    alignas(16) uint8_t sb[S::SB];
+    for (int i = 0; i < S::NB; i++) {
+        sb[S::OFF + i] = blk[i];
+    }
+    float lut[S::NLUT];
+    for (int k = 0; k < S::NLUT; k++) {
+        lut[k] = S::lut_entry(k);
+    }
+    S::decode8(sb, j0, lut, y + ib * N + j0);
 }
 
 /* TQ_OK for a format with tables and a whole number of blocks, else the error code. */

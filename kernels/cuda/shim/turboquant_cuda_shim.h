@@ -25,6 +25,9 @@ extern "C" {
 /* tq_cu_quantize_ggml, one block per thread: SET_ROWS and CPY from f32. */
 TQ_CUDA_API int tq_cuda_quantize_row(int bits, int n, const float *y, void *dst, int64_t k);
 
+/* GPU runner only: tq_cu_set_rows, one warp per block (SET_ROWS), rows in order. */
+TQ_CUDA_API int tq_cuda_quantize_row_warp(int bits, int n, const float *y, void *dst, int64_t k);
+
 /* tq_cu_dequantize_ggml, values (i, i + n/2) per call: GET_ROWS, CPY, the f16/f32
  * conversions. */
 TQ_CUDA_API int tq_cuda_dequantize_row(int bits, int n, const void *src, float *y, int64_t k);

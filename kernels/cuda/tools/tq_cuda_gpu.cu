@@ -17,6 +17,15 @@ template <int B, int N> __global__ void k_quantize(const float *y, uint8_t *dst,
     }
 }
 
+/* One warp per block, through the SET_ROWS kernel ggml runs (indices 0, 1, 2, ...). */
+template <int B, int N> void quantize_warp(const float *y, uint8_t *dst, int64_t k, const int64_t *rows)
+{
+    const int64_t nb = k / N;
+    tq_cu_set_rows<int64_t, B, N>(y, rows, (char *)dst, N, nb, 1, 1, 1, 1, N, N * nb, N * nb, 1, nb,
+                                  nb, tq_cu_format<B, N>::nbytes, tq_cu_format<B, N>::nbytes * nb,
+                                  tq_cu_format<B, N>::nbytes * nb, 0);
+}
+
 template <int B, int N> __global__ void k_dequantize(const uint8_t *src, float *y, int64_t nt)
 {
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -90,6 +99,38 @@ extern "C" int tq_cuda_quantize_row(int bits, int n, const float *y, void *dst, 
     TQ_CUDA_TRY(cudaGetLastError());
     TQ_CUDA_TRY(cudaMemcpy(dst, b.out, out_bytes, cudaMemcpyDeviceToHost));
     return rc;
+}
+
+extern "C" int tq_cuda_quantize_row_warp(int bits, int n, const float *y, void *dst, int64_t k)
+{
+    int rc = tq_cu_check_row(bits, n, k);
+    if (rc != TQ_OK || k == 0) {
+        return rc;
+    }
+    const int64_t nb = k / n;
+    const size_t out_bytes = (size_t)nb * block_bytes(bits, n);
+    Buffers b;
+    void *rows = nullptr;
+    TQ_CUDA_TRY(cudaMalloc(&b.in, (size_t)k * sizeof(float)));
+    TQ_CUDA_TRY(cudaMalloc(&b.out, out_bytes));
+    if (cudaMalloc(&rows, (size_t)nb * sizeof(int64_t)) != cudaSuccess) {
+        return TQ_ERR_DEVICE;
+    }
+    int64_t *host_rows = new int64_t[nb];
+    for (int64_t i = 0; i < nb; i++) {
+        host_rows[i] = i;
+    }
+    const bool copied = cudaMemcpy(rows, host_rows, (size_t)nb * sizeof(int64_t), cudaMemcpyHostToDevice) == cudaSuccess &&
+                        cudaMemcpy(b.in, y, (size_t)k * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess &&
+                        cudaMemset(b.out, 0xA5, out_bytes) == cudaSuccess;
+    delete[] host_rows;
+    if (copied) {
+        TQ_CU_FOR_FORMAT(rc, bits, n, quantize_warp, (const float *)b.in, (uint8_t *)b.out, k, (const int64_t *)rows);
+    }
+    const bool ok = copied && cudaGetLastError() == cudaSuccess &&
+                    cudaMemcpy(dst, b.out, out_bytes, cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(rows);
+    return ok ? rc : TQ_ERR_DEVICE;
 }
 
 template <int (*launch_fn)(int, int, const uint8_t *, float *, int64_t)>
