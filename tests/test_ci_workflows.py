@@ -161,7 +161,7 @@ def test_the_workflows_run_what_the_readme_promises() -> None:
     assert [c for c in release["metal"] if not c.startswith("echo")][1:] == [
         "ci/fetch-pinned-text.py",
         "nox -s build -- --backend metal",
-        "ci/metal-backend-ops.sh build/metal",
+        "ci/backend-ops.sh build/metal MTL0",
         "nox -s perplexity -- --backend metal",
     ]
     wf = _workflow(REPO_ROOT / ".github" / "workflows" / "release.yml")
@@ -270,7 +270,9 @@ def test_the_matcher_turns_a_real_conflict_into_file_and_line(sandbox: Sandbox) 
 
 FAKE_BACKEND_OPS = textwrap.dedent("""\
     #!/usr/bin/env bash
-    # Stand-in test-backend-ops: prints what the real one prints in $FAKE_MODE.
+    # Stand-in test-backend-ops: prints what the real one prints in $FAKE_MODE for the
+    # device named by -b.
+    dev=$3
     op=$5
     echo "Testing 2 devices"
     echo
@@ -280,51 +282,52 @@ FAKE_BACKEND_OPS = textwrap.dedent("""\
         echo "1/1 backends passed"
         exit 0
     fi
-    echo "Backend 1/2: MTL0"
+    echo "Backend 1/2: $dev"
     echo "ggml_metal_device_init: - the tensor API is not supported in this environment - disabling"
-    echo "  Device description: Apple M2"
+    echo "  Device description: a GPU"
     echo
     echo "  $op(type=turbo3,ne=[256,5,1,1]): OK"
     if [ "$FAKE_MODE" = unsupported ]; then
-        echo "  $op(type=turbo2_64,ne=[128,5,1,1]): not supported [MTL0] "
+        echo "  $op(type=turbo2_64,ne=[128,5,1,1]): not supported [$dev] "
     fi
     if [ "$FAKE_MODE" = empty ]; then
         echo "  0/0 tests passed"
     else
         echo "  1/1 tests passed"
     fi
-    echo "  Backend MTL0: OK"
+    echo "  Backend $dev: OK"
     echo "Backend 2/2: CPU"
     echo "  Skipping"
     echo "2/2 backends passed"
     """)
 
 
+@pytest.mark.parametrize("device", ["MTL0", "CUDA0"])
 @pytest.mark.parametrize(
     ("mode", "status", "says"),
     [
         ("ok", 0, "every turbo case"),
-        ("no-device", 1, "no device MTL0"),
-        ("unsupported", 1, "1 case(s) not supported on MTL0"),
+        ("no-device", 1, "no device {device}"),
+        ("unsupported", 1, "1 case(s) not supported on {device}"),
         ("empty", 1, "no turbo case ran"),
     ],
 )
-def test_metal_backend_ops_fails_unless_every_turbo_case_ran(
-    tmp_path: Path, mode: str, status: int, says: str
+def test_backend_ops_fails_unless_every_turbo_case_ran(
+    tmp_path: Path, mode: str, status: int, says: str, device: str
 ) -> None:
     fake = tmp_path / "build" / "bin" / "test-backend-ops"
     fake.parent.mkdir(parents=True)
     fake.write_text(FAKE_BACKEND_OPS)
     fake.chmod(0o755)
     out = subprocess.run(
-        [REPO_ROOT / "ci" / "metal-backend-ops.sh", tmp_path / "build"],
+        [REPO_ROOT / "ci" / "backend-ops.sh", tmp_path / "build", device],
         capture_output=True,
         text=True,
         env={**os.environ, "FAKE_MODE": mode},
         timeout=60,
     )
     assert out.returncode == status, out.stdout + out.stderr
-    assert says in out.stdout + out.stderr
+    assert says.format(device=device) in out.stdout + out.stderr
 
 
 LIBRARY = 'const char *tq_fake_version(void) { return "fake 1.0"; }\n'

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Usage: ci/metal-backend-ops.sh [BUILD_DIR]   (default build/metal, from
-#        `nox -s build -- --backend metal`)
+# Usage: ci/backend-ops.sh [BUILD_DIR [DEVICE]]
+#   ci/backend-ops.sh build/metal MTL0   (the default; `nox -s build -- --backend metal`)
+#   ci/backend-ops.sh build/cuda CUDA0   (`nox -s build -- --backend cuda`)
 #
-# Runs test-backend-ops on the Metal GPU for every turbo case (patches/0004: the write path,
+# Runs test-backend-ops on a GPU device for every turbo case (patches/0004: the write path,
 # the read paths and flash attention), each compared with the CPU backend, one op at a time.
 #
 # test-backend-ops exits 0 when it tested nothing: a -b that names no device skips every
@@ -11,14 +12,14 @@
 set -euo pipefail
 
 build=${1:-build/metal}
+# ggml names devices MTL0, CUDA0, ...; `-b Metal` or `-b CUDA` would match none of them.
+device=${2:-MTL0}
 binary="$build/bin/test-backend-ops"
-# ggml names Metal devices MTL0, MTL1, ...; `-b Metal` would match none of them.
-device=MTL0
 # A case line, not a log line such as Metal's "the tensor API is not supported ...".
 unsupported_case='^  [A-Z0-9_]+\(.*\): not supported'
 
 if [ ! -x "$binary" ]; then
-    echo "::error title=metal-backend-ops::$binary is missing; run \`nox -s build -- --backend metal\`" >&2
+    echo "::error title=backend-ops::$binary is missing; build it with \`nox -s build -- --backend metal\` (or cuda)" >&2
     exit 1
 fi
 
@@ -36,7 +37,7 @@ for op in SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT; do
     if [ "$status" -ne 0 ]; then
         problem="exit status $status"
     elif ! grep -q "^Backend [0-9]*/[0-9]*: $device\$" "$log"; then
-        problem="no device $device (not a Metal build, or no Apple GPU)"
+        problem="no device $device (not a build for it, or no such GPU)"
     elif grep -A1 "^Backend [0-9]*/[0-9]*: $device\$" "$log" | grep -q '^  Skipping'; then
         problem="device $device was skipped"
     elif grep -Eq "$unsupported_case" "$log"; then
