@@ -105,7 +105,7 @@ class Kernels:
     def __init__(self, lib_dir: Path, *, gpu: bool = False) -> None:
         self.lib = ctypes.CDLL(str(_library_file(lib_dir, "turboquant")))
         self.shim = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_metal_shim")))
-        cuda = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_shim")))
+        self.cuda = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_shim")))
         row = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         rot = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
         suffix = {"scalar": "_scalar", "simd": "_simd", "dispatch": ""}
@@ -114,9 +114,10 @@ class Kernels:
         self.decoders = {p: self.lib[f"tq_dequantize_row{s}"] for p, s in suffix.items()}
         self.decoders["metal"] = self.shim.tq_metal_dequantize_row
         self.decoders["metal-t4"] = self.shim.tq_metal_dequantize_row_t4
-        runners = [("cuda", cuda)]
+        runners = [("cuda", self.cuda)]
         if gpu:
-            runners.append(("cuda-gpu", ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_gpu")))))
+            gpu_lib = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_gpu")))
+            runners.append(("cuda-gpu", gpu_lib))
         for name, runner in runners:
             self.encoders[name] = runner.tq_cuda_quantize_row
             if name == "cuda-gpu":

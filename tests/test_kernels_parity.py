@@ -1,4 +1,5 @@
-"""libturboquant and the Metal shim against the numpy reference, on a reduced vector count.
+"""libturboquant and the Metal and CUDA shims against the numpy reference, on a reduced
+vector count.
 
 `nox -s parity` runs the same checks on a million vectors per format; here each format gets
 20,000 random vectors plus the whole adversarial set, so a regression shows up in the tests.
@@ -144,6 +145,9 @@ ROW_FUNCTIONS = [
     ("shim", "tq_metal_quantize_row"),
     ("shim", "tq_metal_dequantize_row"),
     ("shim", "tq_metal_dequantize_row_t4"),
+    ("cuda", "tq_cuda_quantize_row"),
+    ("cuda", "tq_cuda_dequantize_row"),
+    ("cuda", "tq_cuda_dequantize_row_fa"),
 ]
 
 
@@ -163,7 +167,7 @@ ROW_FUNCTIONS = [
 def test_bad_rows_are_rejected_without_touching_memory(
     kernels: parity.Kernels, where: str, name: str, bits: int, n: int, k: int, expected: int
 ) -> None:
-    fn = getattr(kernels.lib if where == "lib" else kernels.shim, name)
+    fn = getattr({"lib": kernels.lib, "shim": kernels.shim, "cuda": kernels.cuda}[where], name)
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     src = np.full(4, 0x5A, np.uint8)
     dst = np.full(4, 0xA5, np.uint8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,53 @@ def test_unsupported_combination_is_a_clear_error(built: build_mod.BuildResult) 
     )
     assert out.returncode == 1
     assert "quantized V cache requires flash_attn" in out.stdout + out.stderr
+
+
+def test_speed_model_and_its_truncation_load_in_llama_bench(
+    built: build_mod.BuildResult, tmp_path: Path
+) -> None:
+    """A small random-weight model with SmolLM2's vocabulary decodes with a turbo cache, and
+    a real model cut to fewer layers still loads: the two files issue 10 carries to a GPU."""
+    paths = Paths.default()
+    from harness import models, speed_model
+
+    lock = models.load_lock(paths.repo / "models.toml")
+    smollm2 = models.ensure_model(paths, lock.model("smollm2-135m"))
+    tok = tmp_path / "tok.json.gz"
+    assert speed_model.export_tokenizer(smollm2, tok) == 49152
+    shape = speed_model.SpeedShape(head_dim=128, n_layer=2, n_embd=512, n_ff=512)
+    random_model = tmp_path / "speed.gguf"
+    speed_model.write_model(tok, random_model, shape)
+    short = tmp_path / "short.gguf"
+    speed_model.truncate_layers(smollm2, short, 3)
+    for model, log_needle in ((random_model, r"n_head_kv\s+= 2\n"), (short, r"n_layer\s+= 3\n")):
+        out = subprocess.run(
+            [
+                built.bin / "llama-bench",
+                "-m",
+                model,
+                "-p",
+                "0",
+                "-n",
+                "4",
+                "-r",
+                "1",
+                "-t",
+                "2",
+                "-fa",
+                "1",
+                "-ctk",
+                "turbo3",
+                "-ctv",
+                "turbo3",
+                "-o",
+                "csv",
+                "-v",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert re.search(log_needle, out.stderr), out.stderr[-2000:]
+        assert '"turbo3","turbo3"' in out.stdout
