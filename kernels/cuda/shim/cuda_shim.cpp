@@ -28,32 +28,17 @@ template <int B, int N> void decode8(const void *src, float *y, int64_t k)
 
 } // namespace
 
-extern "C" int tq_cuda_quantize_row(int bits, int n, const float *y, void *dst, int64_t k)
-{
-    int rc = tq_cu_check_row(bits, n, k);
-    if (rc != TQ_OK) {
-        return rc;
+/* An entry point of turboquant_cuda_shim.h: check the row, then run fn<B, N> for its format. */
+#define TQ_CUDA_SHIM_ENTRY(name, fn, src_t, dst_t)                                              \
+    extern "C" int name(int bits, int n, src_t src, dst_t dst, int64_t k)                      \
+    {                                                                                          \
+        int rc = tq_cu_check_row(bits, n, k);                                                  \
+        if (rc == TQ_OK) {                                                                     \
+            TQ_CU_FOR_FORMAT(rc, bits, n, fn, src, dst, k);                                    \
+        }                                                                                      \
+        return rc;                                                                             \
     }
-    TQ_CU_FOR_FORMAT(rc, bits, n, quantize, y, dst, k);
-    return rc;
-}
 
-extern "C" int tq_cuda_dequantize_row(int bits, int n, const void *src, float *y, int64_t k)
-{
-    int rc = tq_cu_check_row(bits, n, k);
-    if (rc != TQ_OK) {
-        return rc;
-    }
-    TQ_CU_FOR_FORMAT(rc, bits, n, dequantize, src, y, k);
-    return rc;
-}
-
-extern "C" int tq_cuda_dequantize_row_fa(int bits, int n, const void *src, float *y, int64_t k)
-{
-    int rc = tq_cu_check_row(bits, n, k);
-    if (rc != TQ_OK) {
-        return rc;
-    }
-    TQ_CU_FOR_FORMAT(rc, bits, n, decode8, src, y, k);
-    return rc;
-}
+TQ_CUDA_SHIM_ENTRY(tq_cuda_quantize_row, quantize, const float *, void *)
+TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row, dequantize, const void *, float *)
+TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_fa, decode8, const void *, float *)
