@@ -294,4 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = str(exc).splitlines()[0]
             print(f"::error title={type(exc).__name__}::{first}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        # Locks are released by their context managers on the way out; caches are written
+        # through temporary names, so nothing half-written is left under a final name.
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     return 0

@@ -97,8 +97,8 @@ def _ptr(a: np.ndarray, kind=ctypes.c_void_p):
 class GgmlLibrary:
     def __init__(self, bin_dir: Path, ggml_h: Path) -> None:
         mode = ctypes.RTLD_GLOBAL
-        self.base = ctypes.CDLL(str(bin_dir / "libggml-base.so"), mode=mode)
-        self.cpu = ctypes.CDLL(str(bin_dir / "libggml-cpu.so"), mode=mode)
+        self.base = ctypes.CDLL(str(parity.library_file(bin_dir, "ggml-base")), mode=mode)
+        self.cpu = ctypes.CDLL(str(parity.library_file(bin_dir, "ggml-cpu")), mode=mode)
         self.base.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
         self.base.ggml_get_type_traits.argtypes = [ctypes.c_int]
         self.cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_CpuTraits)

@@ -87,7 +87,9 @@ BLOCKS = (128, 64)
 Op = Literal["encode", "decode", "rotate"]
 
 
-def _library_file(lib_dir: Path, stem: str) -> Path:
+def library_file(lib_dir: Path, stem: str) -> Path:
+    """The shared library ``lib{stem}`` in ``lib_dir`` (.so, .dylib or .dll); raises
+    ConfigError when there is none."""
     for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
         if (lib_dir / name).is_file():
             return lib_dir / name
@@ -103,9 +105,9 @@ class Kernels:
     ConfigError when a library is missing."""
 
     def __init__(self, lib_dir: Path, *, gpu: bool = False) -> None:
-        self.lib = ctypes.CDLL(str(_library_file(lib_dir, "turboquant")))
-        self.shim = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_metal_shim")))
-        self.cuda = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_shim")))
+        self.lib = ctypes.CDLL(str(library_file(lib_dir, "turboquant")))
+        self.shim = ctypes.CDLL(str(library_file(lib_dir, "turboquant_metal_shim")))
+        self.cuda = ctypes.CDLL(str(library_file(lib_dir, "turboquant_cuda_shim")))
         row = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         rot = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
         suffix = {"scalar": "_scalar", "simd": "_simd", "dispatch": ""}
@@ -116,7 +118,7 @@ class Kernels:
         self.decoders["metal-t4"] = self.shim.tq_metal_dequantize_row_t4
         runners = [("cuda", self.cuda)]
         if gpu:
-            gpu_lib = ctypes.CDLL(str(_library_file(lib_dir, "turboquant_cuda_gpu")))
+            gpu_lib = ctypes.CDLL(str(library_file(lib_dir, "turboquant_cuda_gpu")))
             runners.append(("cuda-gpu", gpu_lib))
         for name, runner in runners:
             self.encoders[name] = runner.tq_cuda_quantize_row

@@ -24,7 +24,7 @@ from pathlib import Path
 from harness import proc
 from harness.build import STAMP
 from harness.config import Paths
-from harness.errors import CommandFailed
+from harness.errors import CommandFailed, ConfigError
 from harness.lock import exclusive
 from harness.progress import Progress
 
@@ -42,12 +42,16 @@ class CacheConfig:
 
     @classmethod
     def parse(cls, name: str) -> CacheConfig:
+        """``TYPE`` or ``K/V``; raises ConfigError (exit 11) for anything else."""
         parts = name.strip().split("/")
         if len(parts) == 1 and parts[0]:
             return cls(parts[0], parts[0])
         if len(parts) == 2 and all(parts):
             return cls(parts[0], parts[1])
-        raise ValueError(f"cannot read the KV configuration {name!r} (want TYPE or K/V)")
+        raise ConfigError(
+            f"cannot read the KV configuration {name!r}",
+            hint="write a configuration as TYPE (K and V alike) or K/V, e.g. turbo3 or q8_0/turbo3",
+        )
 
     @property
     def name(self) -> str:

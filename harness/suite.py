@@ -7,6 +7,7 @@ that does not parse) fail the command with exit 23; otherwise failing gates exit
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -47,6 +48,11 @@ def _binary(paths: Paths, given: Path | None, backend: str) -> Path:
             f"{binary} does not exist",
             hint=f"build it first: `{build}` (the perplexity session builds only the CPU one)",
         )
+    if not os.access(binary, os.X_OK):
+        raise ConfigError(
+            f"{binary} is not executable",
+            hint="give --bin the llama-perplexity program of a llama.cpp build",
+        )
     return binary.resolve()
 
 
@@ -83,7 +89,10 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
     for c in requested:
         cfg = CacheConfig.parse(c)
         if cfg.k not in gate_file.bits or cfg.v not in gate_file.bits:
-            raise ConfigError(f"--configs {c}: no [bits] entry in gates.toml for its types")
+            raise ConfigError(
+                f"--configs {c}: no [bits] entry in gates.toml for its types",
+                hint=f"the cache types gates.toml knows: {', '.join(gate_file.bits)}",
+            )
     binary = _binary(paths, options.binary, options.backend)
     settings = RunSettings(
         binary=binary,

@@ -57,7 +57,7 @@ def _selftest(sanitized: Path, case_file: Path, *extra: str) -> proc.Completed:
 def test_selftest_is_clean_under_asan_and_ubsan(sanitized: Path, case_file: Path) -> None:
     for binary in (
         sanitized / "tq_selftest",
-        parity._library_file(sanitized, "turboquant_metal_shim"),
+        parity.library_file(sanitized, "turboquant_metal_shim"),
     ):
         image = binary.read_bytes()
         assert b"__asan_report" in image and b"__ubsan_handle" in image, binary.name

@@ -37,7 +37,9 @@ def test_the_backend_picks_its_build_directory(tmp_path: Path) -> None:
     assert "nox -s build -- --backend metal" in err.value.hint
     binary.parent.mkdir(parents=True)
     binary.write_text("")
+    binary.chmod(0o755)
     assert suite._binary(paths, None, "metal") == binary.resolve()
     given = tmp_path / "elsewhere"
     given.write_text("")
+    given.chmod(0o755)
     assert suite._binary(paths, given, "metal") == given.resolve()

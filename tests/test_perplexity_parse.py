@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import CommandFailed
+from harness.errors import CommandFailed, ConfigError
 from harness.perplexity import CacheConfig, ParseError, parse_base, parse_kld
 
 DATA = Path(__file__).parent / "data" / "perplexity"
@@ -108,6 +108,6 @@ def test_config_names() -> None:
     assert CacheConfig.parse("q4_0") == CacheConfig("q4_0", "q4_0")
     assert CacheConfig.parse("q8_0/turbo3").name == "q8_0/turbo3"
     assert CacheConfig.parse("turbo4/turbo4").name == "turbo4"
-    for bad in ("", "a/b/c", "/q4_0"):
-        with pytest.raises(ValueError):
+    for bad in ("", "a/b/c", "/q4_0", "turbo3/"):
+        with pytest.raises(ConfigError, match="cannot read the KV configuration"):
             CacheConfig.parse(bad)

@@ -1,0 +1,63 @@
+"""Bad input ends with the error class's exit code and one line of hint, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import cli, parity
+from harness.errors import ConfigError
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TQH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TQH_BUILD_DIR", str(tmp_path / "build"))
+    exe = tmp_path / "llama-perplexity"
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.parametrize(
+    ("configs", "says"),
+    [
+        ("a/b/c", "cannot read the KV configuration 'a/b/c'"),
+        ("turbo3/", "cannot read the KV configuration 'turbo3/'"),
+        ("turbo9", "--configs turbo9: no [bits] entry"),
+    ],
+)
+def test_bad_configs_are_a_config_error(isolated: Path, capsys, configs: str, says: str) -> None:
+    code = cli.main(["perplexity", "--configs", configs, "--bin", str(isolated)])
+    err = capsys.readouterr().err
+    assert code == ConfigError.exit_code == 11
+    assert says in err and "Traceback" not in err
+    if configs == "turbo9":
+        assert "f16, q8_0, q4_0, turbo2, turbo3, turbo4, turbo5" in err
+
+
+def test_a_binary_that_cannot_run_is_a_config_error(isolated: Path, capsys) -> None:
+    not_executable = isolated.with_name("data.txt")
+    not_executable.write_text("not a program\n")
+    code = cli.main(["perplexity", "--configs", "turbo3", "--bin", str(not_executable)])
+    err = capsys.readouterr().err
+    assert code == 11
+    assert "is not executable" in err and "Traceback" not in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def interrupted(args: object, paths: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_fetch", interrupted)
+    assert cli.main(["fetch"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("name", ["libggml-base.so", "libggml-base.dylib"])
+def test_one_library_finder_knows_linux_and_macos(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(b"")
+    assert parity.library_file(tmp_path, "ggml-base") == tmp_path / name
+    with pytest.raises(ConfigError, match="holds no libggml-cpu"):
+        parity.library_file(tmp_path, "ggml-cpu")
