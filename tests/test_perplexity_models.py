@@ -95,3 +95,40 @@ def test_a_file_that_is_not_gguf_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / "x.gguf").write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(ModelError, match="not a readable GGUF"):
         read_info(tmp_path / "x.gguf")
+
+
+def _ensure_in_child(paths: Paths, pin: ModelPin, start, results) -> None:
+    start.wait()
+    try:
+        results.put(ensure_model(paths, pin).read_bytes() == b"GGUF" + b"\x01" * (pin.size - 4))
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        results.put(repr(exc))
+
+
+def test_two_runs_on_an_empty_cache_both_get_the_model(tmp_path: Path) -> None:
+    """Issue 11: the second of two concurrent runs failed with FileNotFoundError while the
+    first assembled the GGUF. Parts large enough that both assemble at the same time."""
+    import multiprocessing
+
+    paths = Paths(repo=tmp_path, cache=tmp_path / "cache", build=tmp_path / "build")
+    wheels_dir = paths.cache / "models" / "wheels"
+    wheels_dir.mkdir(parents=True)
+    parts = [b"GGUF" + b"\x01" * (24 << 20), b"\x01" * (24 << 20)]
+    wheels = tuple(
+        _wheel(wheels_dir, f"m_part{i}", f"m/m.gguf.part0{i}", d) for i, d in enumerate(parts)
+    )
+    whole = b"".join(parts)
+    pin = ModelPin("big", "m.gguf", hashlib.sha256(whole).hexdigest(), len(whole), wheels)
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Event(), ctx.Queue()
+    runs = [
+        ctx.Process(target=_ensure_in_child, args=(paths, pin, start, results)) for _ in range(2)
+    ]
+    for r in runs:
+        r.start()
+    start.set()
+    outcomes = [results.get(timeout=120) for _ in runs]
+    for r in runs:
+        r.join(timeout=60)
+    assert outcomes == [True, True]
+    assert not list((paths.cache / "models" / "big").glob("*.part"))
