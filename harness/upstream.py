@@ -73,8 +73,15 @@ def _fingerprint(repo: Path) -> list[list[object]]:
     return rows
 
 
-def _write_marker(repo: Path, commit: str, origin: str) -> None:
-    data = {"commit": commit, "origin": origin, "fingerprint": _fingerprint(repo)}
+def _write_marker(repo: Path, commit: str, origin: str, sdist_sha256: str | None) -> None:
+    """Record what was verified: the commit, where it came from (with the sha256 of the sdist
+    it was imported from, if any), and the fingerprint of the object files."""
+    data = {
+        "commit": commit,
+        "origin": origin,
+        "sdist_sha256": sdist_sha256,
+        "fingerprint": _fingerprint(repo),
+    }
     (repo / MARKER).write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
@@ -103,11 +110,26 @@ def is_valid(repo: Path, commit: str) -> bool:
         return False
     if _tagged_commit(repo) != commit:
         return False
-    _write_marker(repo, commit, marker.get("origin", "?"))
+    _write_marker(repo, commit, marker.get("origin", "?"), marker.get("sdist_sha256"))
     return True
 
 
-def _import_commit(dest: Path, url: str, commit: str, origin: str) -> None:
+def _check_sdist_pin(repo: Path, pin: UpstreamPin) -> None:
+    """Raise IntegrityError when the cached import came from an sdist other than the pinned
+    one: a changed sha256 in upstream.toml must not pass unnoticed because the commit is
+    cached already."""
+    recorded = json.loads((repo / MARKER).read_text(encoding="utf-8")).get("sdist_sha256")
+    if recorded is not None and recorded != pin.sdist.sha256:
+        raise IntegrityError(
+            f"upstream.toml pins the sdist sha256 {pin.sdist.sha256}, but the cached upstream "
+            f"{pin.commit[:12]} was imported from {pin.sdist.filename} with sha256 {recorded}",
+            hint="restore the sha256 in upstream.toml; a new upstream pins a new commit too",
+        )
+
+
+def _import_commit(
+    dest: Path, url: str, commit: str, origin: str, sdist_sha256: str | None = None
+) -> None:
     """Fetch exactly ``commit`` from ``url`` into a new bare repository at ``dest``."""
     repo = git.Repo.init(dest, bare=True)
     try:
@@ -119,18 +141,19 @@ def _import_commit(dest: Path, url: str, commit: str, origin: str) -> None:
         raise IntegrityError(f"{url} gave commit {fetched}, the pin says {commit}")
     repo.git.tag(BASE_TAG, commit)
     repo.git.fsck("--full", "--strict", "--no-dangling", "--no-progress")
-    _write_marker(dest, commit, origin)
+    _write_marker(dest, commit, origin, sdist_sha256)
 
 
 def _download_sdist(paths: Paths, pin: UpstreamPin, log: Path) -> Path:
-    """Return the verified sdist, downloading it (again) when absent or corrupt."""
+    """Return the verified sdist, downloading it (again) when absent or corrupt. A cached file
+    that does not match the pin is replaced only by a download that does: when the pin is the
+    wrong one (a typo), the download fails the check too and the file stays as it was."""
     sd = pin.sdist
     target = paths.downloads / sd.filename
     if target.is_file():
         if sha256_of(target) == sd.sha256:
             return target
         print(f"{target} does not match its pinned sha256; fetching it again", file=sys.stderr)
-        target.unlink()
     paths.downloads.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.downloads, prefix=".partial-") as tmp:
         progress = Progress(f"downloading {sd.package}=={sd.version}")
@@ -148,8 +171,9 @@ def _download_sdist(paths: Paths, pin: UpstreamPin, log: Path) -> Path:
             raise FetchError(f"pip download did not produce {sd.filename} (see {log})")
         digest = sha256_of(got)
         if digest != sd.sha256:
+            kept = f"; {target} is kept as it was" if target.is_file() else ""
             raise IntegrityError(
-                f"{sd.package}=={sd.version} has sha256 {digest}, the pin says {sd.sha256}"
+                f"{sd.package}=={sd.version} has sha256 {digest}, the pin says {sd.sha256}{kept}"
             )
         os.replace(got, target)
         progress.done("verified sha256")
@@ -207,8 +231,11 @@ def ensure_upstream(
         origin = f"sdist {pin.sdist.package}=={pin.sdist.version}"
     repo_dir = paths.upstream_repos / f"{commit}.git"
     log = paths.logs / "fetch.log"
+    from_sdist = mode is FetchMode.SDIST and source is None
     with exclusive(paths.locks / f"upstream-{commit}.lock"):
         if is_valid(repo_dir, commit):
+            if from_sdist:
+                _check_sdist_pin(repo_dir, pin)
             return Upstream(commit, repo_dir, origin)
         if repo_dir.exists():
             print(f"{repo_dir} is incomplete or corrupt; fetching it again", file=sys.stderr)
@@ -216,10 +243,12 @@ def ensure_upstream(
         paths.upstream_repos.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=paths.upstream_repos, prefix=".partial-") as tmp:
             staging = Path(tmp) / "repo.git"
-            if mode is FetchMode.SDIST and source is None:
+            sdist_sha256 = None
+            if from_sdist:
                 sdist = _download_sdist(paths, pin, log)
                 url = str(_extract_submodule_git(sdist, pin.sdist.subdirectory, Path(tmp) / "x"))
-            _import_commit(staging, url, commit, origin)
+                sdist_sha256 = pin.sdist.sha256
+            _import_commit(staging, url, commit, origin, sdist_sha256)
             os.replace(staging, repo_dir)
     print(f"upstream {commit[:12]} ({origin}) verified in {repo_dir}", file=sys.stderr)
     return Upstream(commit, repo_dir, origin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import tarfile
 import time
 from dataclasses import replace
@@ -94,6 +95,36 @@ def test_sdist_with_wrong_hash_is_refused(sandbox: Sandbox, offline_index: Path)
     # Nothing unverified is kept under a name a later run would trust.
     assert not (sandbox.paths.downloads / pin.sdist.filename).exists()
     assert not (sandbox.paths.upstream_repos / f"{pin.commit}.git").exists()
+
+
+def test_a_changed_sdist_pin_is_checked_against_the_cached_upstream(
+    sandbox: Sandbox, offline_index: Path
+) -> None:
+    # Issue 11: 64 zeros in upstream.toml built without a word once the commit was cached.
+    pin = make_sdist(sandbox, offline_index)
+    up = ensure_upstream(sandbox.paths, pin, mode=FetchMode.SDIST)
+    typo = replace(pin, sdist=replace(pin.sdist, sha256="0" * 64))
+    with pytest.raises(IntegrityError, match=f"pins the sdist sha256 {'0' * 64}") as info:
+        ensure_upstream(sandbox.paths, typo, mode=FetchMode.SDIST)
+    assert info.value.exit_code == 14 and pin.sdist.sha256 in str(info.value)
+    assert is_valid(up.repo, pin.commit)
+    assert ensure_upstream(sandbox.paths, pin, mode=FetchMode.SDIST).repo == up.repo
+
+
+def test_a_wrong_pin_never_deletes_the_good_cached_sdist(
+    sandbox: Sandbox, offline_index: Path
+) -> None:
+    # Issue 11: with only the sdist cached, a typo in the pin deleted the valid file first.
+    pin = make_sdist(sandbox, offline_index)
+    up = ensure_upstream(sandbox.paths, pin, mode=FetchMode.SDIST)
+    shutil.rmtree(up.repo)
+    cached = sandbox.paths.downloads / pin.sdist.filename
+    before = cached.read_bytes()
+    typo = replace(pin, sdist=replace(pin.sdist, sha256="0" * 64))
+    with pytest.raises(IntegrityError, match="is kept as it was"):
+        ensure_upstream(sandbox.paths, typo, mode=FetchMode.SDIST)
+    assert cached.read_bytes() == before
+    assert not list(sandbox.paths.downloads.glob(".partial-*"))
 
 
 def test_corrupt_download_is_fetched_again(sandbox: Sandbox, offline_index: Path) -> None:
