@@ -146,6 +146,12 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
     def names(value: str | None) -> tuple[str, ...] | None:
         return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
+    if args.chunks is not None and args.chunks < 1:
+        raise ConfigError(
+            f"--chunks {args.chunks}: a run needs at least one chunk",
+            hint="give --chunks a positive number, or leave it out for the suite's own",
+        )
+
     suite.run(
         paths,
         suite.SuiteOptions(

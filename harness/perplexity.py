@@ -386,7 +386,10 @@ class Runner:
             result = parse_base(log_copy.read_text(encoding="utf-8"), where=str(log_copy))
             return logits, result, True
         tmp = entry.with_name(entry.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # This run holds the lock every base run takes, so any .tmp here is what an
+        # interrupted run left (eviction skips them): remove them all, not just this key's.
+        for stale in entry.parent.glob("*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         log = self.log_dir / f"{model_name}-f16-base.log"
         cmd = [

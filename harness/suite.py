@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +81,20 @@ def run(paths: Paths, options: SuiteOptions) -> Path:
         return _run(paths, options)
 
 
+@contextmanager
+def _report_dir(root: Path) -> Iterator[Path]:
+    """A new report folder under ``root``; removed again when the run ends before writing any
+    file into it (Ctrl-C or a failing model download), kept else: its logs are what the error
+    message points to."""
+    directory = report.new_dir(root)
+    try:
+        yield directory
+    except BaseException:
+        if not any(p.is_file() for p in directory.rglob("*")):
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
 def _run(paths: Paths, options: SuiteOptions) -> Path:
     started = time.monotonic()
     gate_file = gates.load(paths.repo / "gates.toml")
@@ -104,84 +121,86 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
     identity = build_identity(binary)
     version = _version(binary)
 
-    directory = report.new_dir(paths.repo / "reports")
-    runner = Runner(paths, settings, directory / "logs")
-    reports: list[report.ModelReport] = []
-    hints: set[str] = set()
-    for pin in pins:
-        gguf = models.ensure_model(paths, pin)
-        info = models.cached_info(pin, gguf)
-        # f16 first: its run writes (or checks) the base every other run is measured against.
-        order = {c: i for i, c in enumerate(("f16", *gate_file.full.configs))}
-        configs = sorted(
-            set(gate_file.required(pin.name, requested)) | {"f16"},
-            key=lambda c: (order.get(c, len(order)), c),
-        )
-        added = [c for c in configs if c not in requested]
-        if added:
-            print(
-                f"{pin.name}: also running {', '.join(added)} (the gates compare with them)",
-                file=sys.stderr,
+    with _report_dir(paths.repo / "reports") as directory:
+        runner = Runner(paths, settings, directory / "logs")
+        reports: list[report.ModelReport] = []
+        hints: set[str] = set()
+        for pin in pins:
+            gguf = models.ensure_model(paths, pin)
+            info = models.cached_info(pin, gguf)
+            # f16 first: its run writes (or checks) the base every other run is measured against.
+            order = {c: i for i, c in enumerate(("f16", *gate_file.full.configs))}
+            configs = sorted(
+                set(gate_file.required(pin.name, requested)) | {"f16"},
+                key=lambda c: (order.get(c, len(order)), c),
             )
-        m = report.ModelReport(pin, info, configs)
-        key = BaseKey(pin.sha256, text.sha256, identity, settings.ctx, settings.chunks)
-        m.base_key = {**key.__dict__, "digest": key.digest()}
-        base, _, m.base_cached = runner.base(pin.name, gguf, text.path, key)
-        for config in configs:
-            try:
-                m.results[config] = runner.candidate(
-                    pin.name, gguf, text.path, base, CacheConfig.parse(config)
+            added = [c for c in configs if c not in requested]
+            if added:
+                print(
+                    f"{pin.name}: also running {', '.join(added)} (the gates compare with them)",
+                    file=sys.stderr,
                 )
-            except CommandFailed as exc:
-                m.failures[config] = str(exc)
-                hints.add(exc.hint)
-                print(f"{pin.name} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr)
-        m.outcomes = gates.evaluate(gate_file, pin.name, requested, m.results)
-        reports.append(m)
+            m = report.ModelReport(pin, info, configs)
+            key = BaseKey(pin.sha256, text.sha256, identity, settings.ctx, settings.chunks)
+            m.base_key = {**key.__dict__, "digest": key.digest()}
+            base, _, m.base_cached = runner.base(pin.name, gguf, text.path, key)
+            for config in configs:
+                try:
+                    m.results[config] = runner.candidate(
+                        pin.name, gguf, text.path, base, CacheConfig.parse(config)
+                    )
+                except CommandFailed as exc:
+                    m.failures[config] = str(exc)
+                    hints.add(exc.hint)
+                    print(
+                        f"{pin.name} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr
+                    )
+            m.outcomes = gates.evaluate(gate_file, pin.name, requested, m.results)
+            reports.append(m)
 
-    header = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": ["python", "-m", "harness", *sys.argv[1:]],
-        "quick": options.quick,
-        "host": {"platform": platform.platform(), "python": platform.python_version()},
-        "settings": {
-            "ctx": settings.ctx,
-            "batch": 512,
-            "chunks": settings.chunks,
-            "threads": settings.threads,
-            "gpu_layers": settings.gpu_layers,
-            "flash_attn": "on",
-        },
-        "binary": {"path": str(binary), "version": version},
-        "build": identity,
-        "patches_digest": _patches_digest(paths),
-        "kernels_digest": kernels_digest(paths) if paths.kernels.is_dir() else None,
-        "gates": {"path": gate_file.path.name, "sha256": gate_file.sha256},
-        "text": {
-            "package": lock.text.package,
-            "version": lock.text.version,
-            "deb_sha256": lock.text.sha256,
-            "member": lock.text.member,
-            "sha256": text.sha256,
-            "bytes": text.size,
-        },
-        "wall_seconds": time.monotonic() - started,
-    }
-    report.write(directory, header, reports, gate_file)
-    latest = report.link_latest(paths.repo / "reports", directory)
-    outcomes = [o for m in reports for o in m.outcomes]
-    for o in outcomes:
-        print(o.line(gate_file.path.name), file=sys.stderr)
-    print(f"report: {directory / 'report.md'} (also {latest / 'report.md'})")
+        header = {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": ["python", "-m", "harness", *sys.argv[1:]],
+            "quick": options.quick,
+            "host": {"platform": platform.platform(), "python": platform.python_version()},
+            "settings": {
+                "ctx": settings.ctx,
+                "batch": 512,
+                "chunks": settings.chunks,
+                "threads": settings.threads,
+                "gpu_layers": settings.gpu_layers,
+                "flash_attn": "on",
+            },
+            "binary": {"path": str(binary), "version": version},
+            "build": identity,
+            "patches_digest": _patches_digest(paths),
+            "kernels_digest": kernels_digest(paths) if paths.kernels.is_dir() else None,
+            "gates": {"path": gate_file.path.name, "sha256": gate_file.sha256},
+            "text": {
+                "package": lock.text.package,
+                "version": lock.text.version,
+                "deb_sha256": lock.text.sha256,
+                "member": lock.text.member,
+                "sha256": text.sha256,
+                "bytes": text.size,
+            },
+            "wall_seconds": time.monotonic() - started,
+        }
+        report.write(directory, header, reports, gate_file)
+        latest = report.link_latest(paths.repo / "reports", directory)
+        outcomes = [o for m in reports for o in m.outcomes]
+        for o in outcomes:
+            print(o.line(gate_file.path.name), file=sys.stderr)
+        print(f"report: {directory / 'report.md'} (also {latest / 'report.md'})")
 
-    failed_runs = [(m.pin.name, c, e) for m in reports for c, e in m.failures.items()]
-    if failed_runs:
-        gate_note = sum(not o.passed for o in outcomes)
-        lines = "\n".join(f"  {name} {c}: {e.splitlines()[0]}" for name, c, e in failed_runs)
-        raise CommandFailed(
-            f"{len(failed_runs)} configuration run(s) could not be measured ({gate_note} "
-            f"gate(s) failed as a result or on their own):\n{lines}\n  report: {directory}",
-            hint="; ".join(sorted(hints)) + " (logs: the report's logs/ folder)",
-        )
-    gates.raise_on_failures(outcomes, gate_file.path.name)
-    return directory
+        failed_runs = [(m.pin.name, c, e) for m in reports for c, e in m.failures.items()]
+        if failed_runs:
+            gate_note = sum(not o.passed for o in outcomes)
+            lines = "\n".join(f"  {name} {c}: {e.splitlines()[0]}" for name, c, e in failed_runs)
+            raise CommandFailed(
+                f"{len(failed_runs)} configuration run(s) could not be measured ({gate_note} "
+                f"gate(s) failed as a result or on their own):\n{lines}\n  report: {directory}",
+                hint="; ".join(sorted(hints)) + " (logs: the report's logs/ folder)",
+            )
+        gates.raise_on_failures(outcomes, gate_file.path.name)
+        return directory

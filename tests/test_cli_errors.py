@@ -37,6 +37,14 @@ def test_bad_configs_are_a_config_error(isolated: Path, capsys, configs: str, sa
         assert "f16, q8_0, q4_0, turbo2, turbo3, turbo4, turbo5" in err
 
 
+@pytest.mark.parametrize("chunks", ["0", "-3"])
+def test_chunks_below_one_are_a_config_error(isolated: Path, capsys, chunks: str) -> None:
+    # --chunks 0 used to run the suite's default silently.
+    code = cli.main(["perplexity", "--chunks", chunks, "--bin", str(isolated)])
+    err = capsys.readouterr().err
+    assert code == 11 and f"--chunks {chunks}: a run needs at least one chunk" in err
+
+
 def test_a_binary_that_cannot_run_is_a_config_error(isolated: Path, capsys) -> None:
     not_executable = isolated.with_name("data.txt")
     not_executable.write_text("not a program\n")

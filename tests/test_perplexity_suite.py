@@ -114,3 +114,28 @@ def test_a_failing_gate_exits_21(project: Paths, fake_binary: Path) -> None:
         suite.run(project, options)
     assert err.value.exit_code == 21
     assert "kld(q8_0) <= 0.001: 0.003869 <= 0.001 does not hold" in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_any_log_leaves_no_report_folder(
+    project: Paths, fake_binary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite.models, "ensure_model", interrupted)
+    options = suite.SuiteOptions(models=("smollm2-135m",), configs=("q8_0",), binary=fake_binary)
+    with pytest.raises(KeyboardInterrupt):
+        suite.run(project, options)
+    reports = project.repo / "reports"
+    assert not reports.exists() or not any(reports.iterdir())
+
+
+@pytest.mark.slow
+def test_a_base_run_cleans_what_an_interrupted_one_left(project: Paths, fake_binary: Path) -> None:
+    stale = project.cache / "kld-base" / "smollm2-135m-0123456789abcdef01234567.tmp"
+    stale.mkdir(parents=True)
+    (stale / "base.kld").write_bytes(b"half of the logits")
+    options = suite.SuiteOptions(models=("smollm2-135m",), configs=("q8_0",), binary=fake_binary)
+    suite.run(project, options)
+    assert not list((project.cache / "kld-base").glob("*.tmp"))
