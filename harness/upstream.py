@@ -155,7 +155,7 @@ def _download_sdist(paths: Paths, pin: UpstreamPin, log: Path) -> Path:
             return target
         print(f"{target} does not match its pinned sha256; fetching it again", file=sys.stderr)
     paths.downloads.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=paths.downloads, prefix=".partial-") as tmp:
+    with tempfile.TemporaryDirectory(dir=paths.downloads, prefix=f".partial-{pin.commit}-") as tmp:
         progress = Progress(f"downloading {sd.package}=={sd.version}")
         proc.pip_download(
             [f"{sd.package}=={sd.version}"],
@@ -233,6 +233,13 @@ def ensure_upstream(
     log = paths.logs / "fetch.log"
     from_sdist = mode is FetchMode.SDIST and source is None
     with exclusive(paths.locks / f"upstream-{commit}.lock"):
+        # Under this commit's lock no other run writes its temporary folders: any left are
+        # from a run that was killed (a SIGKILL skips the cleanup of TemporaryDirectory).
+        for stale in (
+            *paths.upstream_repos.glob(f".partial-{commit}-*"),
+            *paths.downloads.glob(f".partial-{commit}-*"),
+        ):
+            shutil.rmtree(stale, ignore_errors=True)
         if is_valid(repo_dir, commit):
             if from_sdist:
                 _check_sdist_pin(repo_dir, pin)
@@ -241,7 +248,9 @@ def ensure_upstream(
             print(f"{repo_dir} is incomplete or corrupt; fetching it again", file=sys.stderr)
             shutil.rmtree(repo_dir)
         paths.upstream_repos.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=paths.upstream_repos, prefix=".partial-") as tmp:
+        with tempfile.TemporaryDirectory(
+            dir=paths.upstream_repos, prefix=f".partial-{commit}-"
+        ) as tmp:
             staging = Path(tmp) / "repo.git"
             sdist_sha256 = None
             if from_sdist:

@@ -127,6 +127,23 @@ def test_a_wrong_pin_never_deletes_the_good_cached_sdist(
     assert not list(sandbox.paths.downloads.glob(".partial-*"))
 
 
+def test_what_a_killed_import_left_is_removed_by_the_next_run(
+    sandbox: Sandbox, offline_index: Path
+) -> None:
+    # Issue 11: a SIGKILL during the import left upstream/.partial-* (41 MB) forever.
+    pin = make_sdist(sandbox, offline_index)
+    left = [
+        sandbox.paths.upstream_repos / f".partial-{pin.commit}-killed",
+        sandbox.paths.downloads / f".partial-{pin.commit}-killed",
+    ]
+    for d in left:
+        d.mkdir(parents=True)
+        (d / "half").write_bytes(b"x" * 1000)
+    ensure_upstream(sandbox.paths, pin, mode=FetchMode.SDIST)
+    assert not any(d.exists() for d in left)
+    assert not list(sandbox.paths.upstream_repos.glob(".partial-*"))
+
+
 def test_corrupt_download_is_fetched_again(sandbox: Sandbox, offline_index: Path) -> None:
     pin = make_sdist(sandbox, offline_index)
     sandbox.paths.downloads.mkdir(parents=True)
