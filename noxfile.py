@@ -36,6 +36,8 @@ def _own_posargs(session: nox.Session) -> list[str]:
 @nox.session
 def build(session: nox.Session) -> None:
     """Fetch the pinned llama.cpp, apply patches/, build tools + kernels. Posargs: `-- --help`."""
+    if not _own_posargs(session) and {"-h", "--help"} & set(session.posargs):
+        session.skip("the session asked for its --help needs no build")
     _install(session)
     session.run("python", "-m", "harness", "build", *_own_posargs(session))
 

@@ -27,7 +27,7 @@ class ConfigError(HarnessError):
     """A lock file, option or path given to the harness is wrong."""
 
     exit_code = 11
-    hint = "fix the option or the file named above (see `nox -s build -- --help`)"
+    hint = "fix the option or the file named above (`nox -s SESSION -- --help` lists the options)"
 
 
 class ToolMissing(HarnessError):

@@ -741,7 +741,12 @@ def run_parity(
     lib_dir = Path(lib_dir)
     specs = list(select(generate_cases(vectors), filter))
     if not specs:
-        raise ConfigError(f"no parity case matches {filter!r}")
+        names = [s.name for s in generate_cases(vectors)]
+        examples = ", ".join(names[:: max(1, len(names) // 4)][:4])
+        raise ConfigError(
+            f"no parity case matches {filter!r}",
+            hint=f"-k takes a glob over case names such as {examples} ({len(names)} in all)",
+        )
     rows, results, simd_path = run_checks(lib_dir, specs, gpu=gpu)
     where = ", CUDA on the GPU" if gpu else ""
     print(f"\nparity against reference/ (SIMD path: {simd_path}{where})")

@@ -103,8 +103,10 @@ def test_run_parity_prints_the_table_and_writes_json(
 
 
 def test_unknown_filter_is_a_config_error(lib_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as err:
         parity.run_parity(lib_dir, vectors=100, filter="no-such-case", json_out=tmp_path / "j")
+    # The hint shows what case names look like, so the next -k can hit one.
+    assert "turbo2/n128/gaussian/seed=0" in err.value.hint
 
 
 @pytest.mark.parametrize("stage", ["encode", "decode"])
