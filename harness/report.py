@@ -122,6 +122,12 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
         f"(sha256 {gate_file.sha256[:12]}). Wall time {report['wall_seconds']:.0f} s.",
         "",
     ]
+    if report.get("gates", {}).get("edited"):
+        out[2:2] = [
+            f"**{gate_file.path.name} differs from the committed file: the gates below are not "
+            "the project's, and a pass here is not the project's pass.**",
+            "",
+        ]
     for m in models:
         i = m.info
         window = f", sliding window {i.sliding_window}" if i.sliding_window else ""

@@ -64,6 +64,27 @@ def _version(binary: Path) -> str:
     return " ".join(line.strip() for line in out.splitlines() if line.strip())
 
 
+def _gates_edited(paths: Paths, gate_path: Path) -> bool | None:
+    """Whether ``gate_path`` differs from its committed version at HEAD (a loosened gate must
+    show in the report as more than another hash); None outside a git checkout."""
+    relative = gate_path.resolve().relative_to(paths.repo.resolve()).as_posix()
+    try:
+        out = proc.run(
+            ["git", "-C", paths.repo, "show", f"HEAD:{relative}"], check=False, quiet=True
+        )
+    except HarnessError:
+        return None
+    if out.returncode != 0:
+        return None
+    edited = out.output != gate_path.read_text(encoding="utf-8")
+    if edited:
+        print(
+            f"warning: {relative} differs from the committed file; the report says so",
+            file=sys.stderr,
+        )
+    return edited
+
+
 def _patches_digest(paths: Paths) -> str | None:
     try:
         return Series.load(paths.patches).digest()
@@ -175,7 +196,11 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
             "build": identity,
             "patches_digest": _patches_digest(paths),
             "kernels_digest": kernels_digest(paths) if paths.kernels.is_dir() else None,
-            "gates": {"path": gate_file.path.name, "sha256": gate_file.sha256},
+            "gates": {
+                "path": gate_file.path.name,
+                "sha256": gate_file.sha256,
+                "edited": _gates_edited(paths, gate_file.path),
+            },
             "text": {
                 "package": lock.text.package,
                 "version": lock.text.version,

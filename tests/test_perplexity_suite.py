@@ -139,3 +139,26 @@ def test_a_base_run_cleans_what_an_interrupted_one_left(project: Paths, fake_bin
     options = suite.SuiteOptions(models=("smollm2-135m",), configs=("q8_0",), binary=fake_binary)
     suite.run(project, options)
     assert not list((project.cache / "kld-base").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_an_edited_gate_file_is_flagged_in_the_report(project: Paths, fake_binary: Path) -> None:
+    import subprocess
+
+    from conftest import GIT_ENV
+
+    env = {**__import__("os").environ, **GIT_ENV}
+    for args in (["init", "-q"], ["add", "gates.toml"], ["commit", "-q", "-m", "gates"]):
+        subprocess.run(["git", *args], cwd=project.repo, check=True, env=env)
+    options = suite.SuiteOptions(models=("smollm2-135m",), configs=("q8_0",), binary=fake_binary)
+    as_committed = suite.run(project, options)
+    assert json.loads((as_committed / "report.json").read_text())["gates"]["edited"] is False
+    assert "differs from the committed file" not in (as_committed / "report.md").read_text()
+
+    gates_toml = project.repo / "gates.toml"
+    gates_toml.write_text(
+        gates_toml.read_text().replace('check = "kld(q8_0) <= 0.008"', 'check = "kld(q8_0) <= 1"')
+    )
+    loosened = suite.run(project, options)
+    assert json.loads((loosened / "report.json").read_text())["gates"]["edited"] is True
+    assert "gates.toml differs from the committed file" in (loosened / "report.md").read_text()
