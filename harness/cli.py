@@ -14,10 +14,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import git
+
 from harness import bench, ggml_parity, models, parity, patches, suite
 from harness import build as build_mod
 from harness.config import Paths, load_pin
-from harness.errors import ConfigError, HarnessError
+from harness.errors import CommandFailed, ConfigError, HarnessError
 from harness.lock import exclusive
 from harness.upstream import FetchMode, Upstream, ensure_upstream
 
@@ -300,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = str(exc).splitlines()[0]
             print(f"::error title={type(exc).__name__}::{first}", file=sys.stderr)
         return exc.exit_code
+    except git.GitError as exc:
+        # GitPython's errors are outside the hierarchy; one that escapes a module still ends
+        # like a failed external command: one line, the command class's exit code.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"\nerror: git failed: {first}", file=sys.stderr)
+        print(f"hint: {CommandFailed.hint}", file=sys.stderr)
+        return CommandFailed.exit_code
     except KeyboardInterrupt:
         # Locks are released by their context managers on the way out; caches are written
         # through temporary names, so nothing half-written is left under a final name.

@@ -63,6 +63,20 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys
     assert capsys.readouterr().err.strip() == "interrupted"
 
 
+def test_a_git_failure_is_one_line_and_the_command_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import git
+
+    def git_fails(args: object, paths: object) -> None:
+        git.Git(tmp_path).rev_parse("--verify", "no-such-commit")  # not a repository
+
+    monkeypatch.setattr(cli, "cmd_fetch", git_fails)
+    assert cli.main(["fetch"]) == 23
+    err = capsys.readouterr().err
+    assert "error: git failed:" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("name", ["libggml-base.so", "libggml-base.dylib"])
 def test_one_library_finder_knows_linux_and_macos(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_bytes(b"")
