@@ -2,7 +2,8 @@
  * The turbo block types and the function shapes ggml-cuda's kernel templates take
  * (set-rows.cu, getrows.cu, convert.cu, cpy.cu of ggml-cuda):
  *
- *   tq_cu_quantize_ggml<B, N>(x, blk)          one thread quantizes one block (cpy)
+ *   tq_cu_quantize_ggml<B, N>(x, blk)          one thread quantizes one block (set_rows'
+ *                                              template shape; the parity runners use it)
  *   tq_cu_quantize_block_warp<B, N>(x, blk)    the 32 lanes of a warp quantize one block, bit
  *                                              for bit as one thread does (set_rows, through
  *                                              tq_cu_set_rows: a single token's K or V is a

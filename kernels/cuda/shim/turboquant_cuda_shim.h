@@ -32,7 +32,8 @@ TQ_CUDA_API int tq_cuda_quantize_row_warp(int bits, int n, const float *y, void 
  * conversions. */
 TQ_CUDA_API int tq_cuda_dequantize_row(int bits, int n, const void *src, float *y, int64_t k);
 
-/* tq_cu_decode8, 8 values per call: the flash-attention decode (a NaN scale gives some NaN). */
+/* tq_cu_staged::decode8, 8 values per call from a staged block through the codebook table:
+ * the flash-attention decode (a NaN scale gives some NaN). */
 TQ_CUDA_API int tq_cuda_dequantize_row_fa(int bits, int n, const void *src, float *y, int64_t k);
 
 #ifdef __cplusplus
