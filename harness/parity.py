@@ -120,10 +120,10 @@ class Kernels:
         if gpu:
             gpu_lib = ctypes.CDLL(str(library_file(lib_dir, "turboquant_cuda_gpu")))
             runners.append(("cuda-gpu", gpu_lib))
+            # SET_ROWS's quantizer: one warp per block, only on a GPU.
+            self.encoders["cuda-gpu-warp"] = gpu_lib.tq_cuda_quantize_row_warp
         for name, runner in runners:
             self.encoders[name] = runner.tq_cuda_quantize_row
-            if name == "cuda-gpu":
-                self.encoders["cuda-gpu-warp"] = runner.tq_cuda_quantize_row_warp
             self.decoders[name] = runner.tq_cuda_dequantize_row
             self.decoders[f"{name}-fa"] = runner.tq_cuda_dequantize_row_fa
         self.rotators = {

@@ -26,6 +26,14 @@ template <int B, int N> void quantize_warp(const float *y, uint8_t *dst, int64_t
                                   tq_cu_format<B, N>::nbytes * nb, 0);
 }
 
+__global__ void k_iota(int64_t *rows, int64_t n)
+{
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n) {
+        rows[t] = t;
+    }
+}
+
 template <int B, int N> __global__ void k_dequantize(const uint8_t *src, float *y, int64_t nt)
 {
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -83,7 +91,9 @@ struct Buffers {
 
 } // namespace
 
-extern "C" int tq_cuda_quantize_row(int bits, int n, const float *y, void *dst, int64_t k)
+/* Copy the row in, launch, copy the blocks out: the frame of both quantize entry points. */
+template <int (*launch_fn)(int, int, const float *, uint8_t *, int64_t)>
+static int run_encode(int bits, int n, const float *y, void *dst, int64_t k)
 {
     int rc = tq_cu_check_row(bits, n, k);
     if (rc != TQ_OK || k == 0) {
@@ -95,42 +105,40 @@ extern "C" int tq_cuda_quantize_row(int bits, int n, const float *y, void *dst, 
     TQ_CUDA_TRY(cudaMalloc(&b.out, out_bytes));
     TQ_CUDA_TRY(cudaMemcpy(b.in, y, (size_t)k * sizeof(float), cudaMemcpyHostToDevice));
     TQ_CUDA_TRY(cudaMemset(b.out, 0xA5, out_bytes)); /* poison: every byte must be written */
-    TQ_CU_FOR_FORMAT(rc, bits, n, quantize, (const float *)b.in, (uint8_t *)b.out, k);
+    rc = launch_fn(bits, n, (const float *)b.in, (uint8_t *)b.out, k);
     TQ_CUDA_TRY(cudaGetLastError());
     TQ_CUDA_TRY(cudaMemcpy(dst, b.out, out_bytes, cudaMemcpyDeviceToHost));
     return rc;
 }
 
+static int launch_quantize(int bits, int n, const float *y, uint8_t *dst, int64_t k)
+{
+    int rc;
+    TQ_CU_FOR_FORMAT(rc, bits, n, quantize, y, dst, k);
+    return rc;
+}
+
+/* SET_ROWS writes block i to row rows[i] = i. */
+static int launch_quantize_warp(int bits, int n, const float *y, uint8_t *dst, int64_t k)
+{
+    const int64_t nb = k / n;
+    int64_t *rows = nullptr;
+    TQ_CUDA_TRY(cudaMalloc(&rows, (size_t)nb * sizeof(int64_t)));
+    k_iota<<<grid(nb), kThreads>>>(rows, nb);
+    int rc;
+    TQ_CU_FOR_FORMAT(rc, bits, n, quantize_warp, y, dst, k, rows);
+    TQ_CUDA_TRY(cudaFree(rows)); /* waits for the launches above */
+    return rc;
+}
+
+extern "C" int tq_cuda_quantize_row(int bits, int n, const float *y, void *dst, int64_t k)
+{
+    return run_encode<launch_quantize>(bits, n, y, dst, k);
+}
+
 extern "C" int tq_cuda_quantize_row_warp(int bits, int n, const float *y, void *dst, int64_t k)
 {
-    int rc = tq_cu_check_row(bits, n, k);
-    if (rc != TQ_OK || k == 0) {
-        return rc;
-    }
-    const int64_t nb = k / n;
-    const size_t out_bytes = (size_t)nb * block_bytes(bits, n);
-    Buffers b;
-    void *rows = nullptr;
-    TQ_CUDA_TRY(cudaMalloc(&b.in, (size_t)k * sizeof(float)));
-    TQ_CUDA_TRY(cudaMalloc(&b.out, out_bytes));
-    if (cudaMalloc(&rows, (size_t)nb * sizeof(int64_t)) != cudaSuccess) {
-        return TQ_ERR_DEVICE;
-    }
-    int64_t *host_rows = new int64_t[nb];
-    for (int64_t i = 0; i < nb; i++) {
-        host_rows[i] = i;
-    }
-    const bool copied = cudaMemcpy(rows, host_rows, (size_t)nb * sizeof(int64_t), cudaMemcpyHostToDevice) == cudaSuccess &&
-                        cudaMemcpy(b.in, y, (size_t)k * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess &&
-                        cudaMemset(b.out, 0xA5, out_bytes) == cudaSuccess;
-    delete[] host_rows;
-    if (copied) {
-        TQ_CU_FOR_FORMAT(rc, bits, n, quantize_warp, (const float *)b.in, (uint8_t *)b.out, k, (const int64_t *)rows);
-    }
-    const bool ok = copied && cudaGetLastError() == cudaSuccess &&
-                    cudaMemcpy(dst, b.out, out_bytes, cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(rows);
-    return ok ? rc : TQ_ERR_DEVICE;
+    return run_encode<launch_quantize_warp>(bits, n, y, dst, k);
 }
 
 template <int (*launch_fn)(int, int, const uint8_t *, float *, int64_t)>
