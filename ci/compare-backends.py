@@ -39,18 +39,24 @@ CONFIGS = ("q8_0", "q4_0", "turbo3", "turbo4", "turbo5/turbo3", "q8_0/turbo3")
 
 
 def measure(binary: Path, model: Path, text: Path, out: Path, ngl: int | None, chunks: int) -> None:
-    work = Path(tempfile.mkdtemp(prefix="tqh-compare-"))
-    paths = Paths(repo=Path.cwd(), cache=work / "cache", build=work / "build")
-    settings = RunSettings(binary=binary, chunks=chunks, threads=2, gpu_layers=ngl)
-    runner = Runner(paths, settings, work)
-    key = BaseKey("file:" + model.name, "file:" + text.name, build_identity(binary), 512, chunks)
-    base, base_run, _ = runner.base(model.stem, model, text, key)
-    runs = {"f16": asdict(base_run)}
-    for name in CONFIGS:
-        config = CacheConfig.parse(name)
-        runs[name] = asdict(runner.candidate(model.stem, model, text, base, config))
+    """The runs' logs go beside OUT (OUT-logs/), the f16 base logits to a temporary cache
+    that is removed afterwards."""
+    logs = out.with_name(out.stem + "-logs")
+    with tempfile.TemporaryDirectory(prefix="tqh-compare-") as tmp:
+        work = Path(tmp)
+        paths = Paths(repo=Path.cwd(), cache=work / "cache", build=work / "build")
+        settings = RunSettings(binary=binary, chunks=chunks, threads=2, gpu_layers=ngl)
+        runner = Runner(paths, settings, logs)
+        key = BaseKey(
+            f"file:{model.name}", f"file:{text.name}", build_identity(binary), 512, chunks
+        )
+        base, base_run, _ = runner.base(model.stem, model, text, key)
+        runs = {"f16": asdict(base_run)}
+        for name in CONFIGS:
+            config = CacheConfig.parse(name)
+            runs[name] = asdict(runner.candidate(model.stem, model, text, base, config))
     out.write_text(json.dumps({"model": str(model), "ngl": ngl, "runs": runs}, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {out} (logs in {logs})")
 
 
 def compare(cpu_file: Path, gpu_file: Path) -> int:
