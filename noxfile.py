@@ -63,6 +63,15 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "harness", "bench", *session.posargs)
 
 
+@nox.session(default=False)
+def state(session: nox.Session) -> None:
+    """KV cache save/restore for pairs of K/V types (files, sequences, server slots, refusals).
+    Posargs: `-- --help`; `-- --configs all` for the 49 pairs."""
+    _install(session)
+    session.run("python", "-m", "harness", "build", "--state-tools")
+    session.run("python", "-m", "harness", "state", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite. Posargs go to pytest (e.g. `-- -k patches -x`)."""

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import git
 
-from harness import bench, ggml_parity, models, parity, patches, suite
+from harness import bench, corpus, ggml_parity, models, parity, patches, state, suite
 from harness import build as build_mod
 from harness.config import Paths, load_pin
 from harness.errors import CommandFailed, ConfigError, HarnessError
 from harness.lock import exclusive
+from harness.perplexity import CacheConfig
 from harness.upstream import FetchMode, Upstream, ensure_upstream
 
 
@@ -59,7 +60,8 @@ def cmd_build(args: argparse.Namespace, paths: Paths) -> None:
         native=not args.no_native,
         cuda_architectures=args.cuda_arch,
         defines=tuple(args.define),
-        targets=tuple(args.target) if args.target else default_targets,
+        targets=tuple(args.target)
+        or (build_mod.STATE_TARGETS if args.state_tools else default_targets),
         jobs=args.jobs,
     )
     upstream = _upstream(args, paths)
@@ -168,6 +170,44 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
     )
 
 
+def cmd_state(args: argparse.Namespace, paths: Paths) -> None:
+    lock = models.load_lock(paths.repo / "models.toml")
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if args.configs == "all":
+        configs = state.all_configs()
+    elif args.configs == "default":
+        configs = state.DEFAULT_CONFIGS
+    else:
+        configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
+    parsed = [CacheConfig.parse(c) for c in configs]
+    bin_dir = args.bin_dir or _built(paths).bin
+    missing = [t for t in build_mod.STATE_TARGETS if not (bin_dir / t).is_file()]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} not built in {bin_dir}",
+            hint="run `nox -s state` (it builds them) or `python -m harness build --state-tools`",
+        )
+    pins = [lock.model(n) for n in names]
+    chosen = [(p.name, models.ensure_model(paths, p)) for p in pins]
+    text = corpus.ensure_text(paths, lock.text)
+    started = time.monotonic()
+    result = state.run(
+        bin_dir,
+        chosen,
+        parsed,
+        text.path,
+        paths.logs,
+        server=not args.no_server,
+        threads=args.threads,
+        on_step=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    print(f"\n{state.table(result)}\n({time.monotonic() - started:.0f} s)")
+    out = _report_path(paths, "state")
+    state.write_json(result, out)
+    print(f"wrote {out}")
+    state.check(result)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m harness",
@@ -208,6 +248,11 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="build only this target (repeatable; default: tools and kernels)",
+    )
+    p.add_argument(
+        "--state-tools",
+        action="store_true",
+        help=f"build what `state` runs ({', '.join(build_mod.STATE_TARGETS)}) instead",
     )
     p.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: ninja's)")
     p.set_defaults(func=cmd_build)
@@ -287,6 +332,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "state",
+        help="KV cache save/restore for pairs of K/V types (files, sequences, server slots)",
+        description=state.__doc__.split("\n\n")[0] if state.__doc__ else None,
+    )
+    p.add_argument(
+        "--models", default="smollm2-135m,gemma3-270m", help="comma-separated models.toml names"
+    )
+    p.add_argument(
+        "--configs",
+        default="default",
+        help="`default` (every symmetric pair and 8 asymmetric ones), `all` (the 49 pairs of "
+        f"{','.join(state.TYPES)}) or comma-separated TYPE or K/V",
+    )
+    p.add_argument("--no-server", action="store_true", help="test-save-load-state only")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bin-dir", type=Path, help="folder of the programs (default: build/cpu/bin)")
+    p.set_defaults(func=cmd_state)
     return top
 
 

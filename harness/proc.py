@@ -13,7 +13,8 @@ import shutil
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,41 @@ def run(
             f"{what or 'command'} failed (exit {returncode}): {quote(args)}\n{shown}{where}"
         )
     return result
+
+
+@contextmanager
+def started(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    log: Path,
+    what: str,
+    cwd: Path | None = None,
+    stop_after_s: float = 10.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` in the background for the ``with`` block (a server), its output going to
+    ``log`` (appended, after the command line); on the way out it is terminated, and killed
+    if it has not stopped after ``stop_after_s`` seconds. Raises ToolMissing as ``run`` does;
+    the caller checks ``poll()`` to see whether it died early."""
+    args = tuple(os.fspath(c) for c in cmd)
+    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
+        raise ToolMissing(f"`{args[0]}` is not on PATH (needed to {what})")
+    print(f"$ {quote(args)} &", file=sys.stderr, flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as log_fh:
+        log_fh.write(f"$ {quote(args)}  (cwd={cwd or Path.cwd()})\n".encode())
+        log_fh.flush()
+        child = subprocess.Popen(
+            args, cwd=cwd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        try:
+            yield child
+        finally:
+            child.terminate()
+            try:
+                child.wait(timeout=stop_after_s)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 def pip_download(
