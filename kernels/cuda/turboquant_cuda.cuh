@@ -214,6 +214,12 @@ template <int B, int N> TQ_CU_HD float tq_cu_decode_one(const uint8_t *blk, int 
     return tq_cu_scale_level(tq_cu_block_scale(blk), tq_cu_codebook<B, N>::level(tq_cu_index_at<B, N>(blk, j)));
 }
 
+/* x >> s for s >= 0, x << -s otherwise (s a constant after unrolling). */
+TQ_CU_HD uint32_t tq_cu_shr(uint32_t x, int s)
+{
+    return s >= 0 ? x >> s : x << -s;
+}
+
 TQ_CU_HD uint32_t tq_cu_load_u16(const uint8_t *p)
 {
 #ifdef __CUDA_ARCH__
@@ -252,17 +258,33 @@ template <int B, int N> struct tq_cu_staged {
 
     static TQ_CU_HD float lut_entry(int k) { return tq_cu_codebook<B, N>::level((unsigned)k); }
 
-    /* Values j0 .. j0+7 (j0 % 8 == 0) of the staged block sb: d * lut[idx], one float
-     * multiply each (a NaN scale gives a NaN, the GPU's own on a GPU). */
+    /* The scale d of the staged block sb, which every value of the block shares. */
+    static TQ_CU_HD float scale(const uint8_t *sb) { return tq_cu_half_to_float((uint16_t)tq_cu_load_u16(sb + 14)); }
+
+    /* The codebook levels lut[idx] of values j0 .. j0+7 (j0 % 8 == 0) of the staged block
+     * sb, before the scale: the flash-attention kernel multiplies a sum of them by d once. */
+    static TQ_CU_HD void levels8(const uint8_t *sb, int j0, const float *lut, float out[8])
+    {
+        constexpr int LB = F::lo_bits;
+        const uint32_t lo = LB == 2 ? tq_cu_load_u16(sb + 16 + j0 / 4) : tq_cu_load_u32(sb + 16 + j0 / 2);
+        const uint32_t hi = LB != B ? sb[16 + LO + j0 / 8] : 0u;
+        for (int l = 0; l < 8; l++) {
+            /* the byte offset 4 * idx of the table entry, each plane's bits shifted straight
+             * into place (two shifts and one three-input logic op on a GPU) */
+            const uint32_t o = (tq_cu_shr(lo, LB * l - 2) & (((1u << LB) - 1u) << 2)) |
+                               (tq_cu_shr(hi, l - LB - 2) & (LB != B ? 1u << (LB + 2) : 0u));
+            out[l] = *(const float *)((const char *)lut + o);
+        }
+    }
+
+    /* Values j0 .. j0+7 of the staged block sb: d * lut[idx], one float multiply each (a NaN
+     * scale gives a NaN, the GPU's own on a GPU). */
     static TQ_CU_HD void decode8(const uint8_t *sb, int j0, const float *lut, float out[8])
     {
-        const float d = tq_cu_half_to_float((uint16_t)tq_cu_load_u16(sb + 14));
-        const uint32_t lo = F::lo_bits == 2 ? tq_cu_load_u16(sb + 16 + j0 / 4) : tq_cu_load_u32(sb + 16 + j0 / 2);
-        const uint32_t hi = F::lo_bits != B ? sb[16 + LO + j0 / 8] : 0u;
+        const float d = scale(sb);
+        levels8(sb, j0, lut, out);
         for (int l = 0; l < 8; l++) {
-            const uint32_t k = ((lo >> (F::lo_bits * l)) & ((1u << F::lo_bits) - 1u)) |
-                               (((hi >> l) & 1u) << F::lo_bits);
-            out[l] = d * lut[k];
+            out[l] = d * out[l];
         }
     }
 };

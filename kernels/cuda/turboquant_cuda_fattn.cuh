@@ -6,19 +6,24 @@
  * logit softcap and attention sinks as ggml defines them.
  *
  * Shape of the work. One thread block (128 threads) takes one query column, one KV head and
- * up to TQ_FA_HEADS query heads of its GQA group, so each K and V value is decoded once per
- * KV head, not once per query head. launch_fattn (ggml's fattn-common.cuh) splits the KV
- * length over gridDim.y blocks and combines their partial softmax sums, so one sequence
- * fills the GPU. Per tile of 64 KV rows (32 where 64 would not fit in shared memory):
- *   1. the raw K and V blocks are copied to shared memory (2-byte loads, consecutive
- *      threads on consecutive bytes), each block staged so its index planes are aligned
- *      (tq_cu_staged);
- *   2. scores: thread (row, quarter) decodes a quarter of its K row once, 8 values at a time
- *      through a codebook table in shared memory, and multiplies them with every query head
- *      of the block (prescaled queries in shared memory); two shuffles add the quarters;
+ * G query heads of its GQA group (4, or 2 where 4 does not divide the GQA ratio), so each K
+ * and V value is decoded once per KV head, not once per query head. launch_fattn (ggml's
+ * fattn-common.cuh) splits the KV length over gridDim.y blocks and combines their partial
+ * softmax sums, so one sequence fills the GPU. Per tile of 64 KV rows (32 where 64 would not
+ * fit in shared memory):
+ *   1. the raw K and V blocks are copied to shared memory, one warp per row, lane c taking
+ *      halfword c (2-byte loads: a head's blocks are only 2-byte aligned in a row), each
+ *      block staged so its index planes are aligned (tq_cu_staged);
+ *   2. scores: thread (row, quarter) reads the codebook levels of a quarter of its K row, 8
+ *      at a time, from a table in shared memory, sums them against every query head of the
+ *      block (prescaled queries in shared memory) and multiplies each sum by the block's
+ *      scale once; two shuffles add the quarters;
  *   3. the online softmax, one warp per query head, each lane one row in 32;
- *   4. thread (8 dims, row subset) decodes its V values once and adds p * V into float
- *      accumulators for every query head; the row subsets are summed once at the end.
+ *   4. thread (8 dims, row subset) reads its V levels once and adds (p * scale) * level into
+ *      float accumulators for every query head; the row subsets are summed once at the end.
+ * Scaling sums instead of values rounds differently from decoding each value (decode8),
+ * within test-backend-ops' tolerance; the levels and scales themselves are the parity-checked
+ * ones.
  *
  * Needs ggml-cuda's common.cuh and fattn-common.cuh included first (launch_fattn, the
  * kernel signature fattn_kernel_t, warp reductions, get_alibi_slope).
@@ -29,21 +34,23 @@
 #include "turboquant_cuda.cuh"
 
 #define TQ_FA_NTHREADS 128
-#define TQ_FA_HEADS 4 /* query heads per block (launch_fattn's ncols2); more take more blocks */
+#define TQ_FA_HEADS 4 /* most query heads per block (launch_fattn's ncols2); 2 for GQA ratios
+                           * that 4 does not divide, which halves the accumulators */
 #define TQ_FA_SMEM_MAX (46 * 1024) /* static shared memory per block, under the 48 KiB limit */
 
-/* q8_0 and f16 rows staged like turbo blocks (see tq_cu_staged), for mixed K/V pairs. */
+/* q8_0 and f16 rows staged like turbo blocks (see tq_cu_staged), for mixed K/V pairs: a
+ * scale shared by the block's values and their levels before it (f16: scale 1). */
 struct tq_fa_staged_q8_0 {
     static constexpr int QK = 32, NB = 34, OFF = 14, SB = 48, NLUT = 0;
     static __device__ float lut_entry(int) { return 0.0f; }
-    static __device__ __forceinline__ void decode8(const uint8_t *sb, int j0, const float *, float out[8])
+    static __device__ __forceinline__ float scale(const uint8_t *sb) { return __half2float(*(const half *) (sb + 14)); }
+    static __device__ __forceinline__ void levels8(const uint8_t *sb, int j0, const float *, float out[8])
     {
-        const float d = __half2float(*(const half *) (sb + 14));
         const uint2 q = *(const uint2 *) (sb + 16 + j0);
         const int8_t *q8 = (const int8_t *) &q;
 #pragma unroll
         for (int l = 0; l < 8; l++) {
-            out[l] = d * (float) q8[l];
+            out[l] = (float) q8[l];
         }
     }
 };
@@ -51,7 +58,8 @@ struct tq_fa_staged_q8_0 {
 struct tq_fa_staged_f16 {
     static constexpr int QK = 8, NB = 16, OFF = 0, SB = 16, NLUT = 0;
     static __device__ float lut_entry(int) { return 0.0f; }
-    static __device__ __forceinline__ void decode8(const uint8_t *sb, int, const float *, float out[8])
+    static __device__ __forceinline__ float scale(const uint8_t *) { return 1.0f; }
+    static __device__ __forceinline__ void levels8(const uint8_t *sb, int, const float *, float out[8])
     {
         const uint4 h = *(const uint4 *) sb;
         const half2 *h2 = (const half2 *) &h;
@@ -76,73 +84,105 @@ template <> struct tq_fa_staged<GGML_TYPE_TURBO5_64> : tq_cu_staged<5, 64> {};
 template <> struct tq_fa_staged<GGML_TYPE_Q8_0> : tq_fa_staged_q8_0 {};
 template <> struct tq_fa_staged<GGML_TYPE_F16> : tq_fa_staged_f16 {};
 
-/* Shared memory of one block for tiles of T rows. */
-template <int D, typename SK, typename SV> __host__ __device__ constexpr int tq_fa_smem(int T)
+/* Shared memory of one block for tiles of T rows and G query heads. */
+template <int D, int G, typename SK, typename SV> __host__ __device__ constexpr int tq_fa_smem(int T)
 {
-    return T * (D / SK::QK) * SK::SB + T * (D / SV::QK) * SV::SB + TQ_FA_HEADS * (D + 16) * 4 +
-           TQ_FA_HEADS * T * 4 + 32 * 4 * 2 + 3 * TQ_FA_HEADS * 4;
+    return T * (D / SK::QK) * SK::SB + T * (D / SV::QK) * SV::SB + G * (D + 16) * 4 +
+           G * T * 4 + 32 * 4 * 2 + 3 * G * 4;
 }
 
 /* KV rows per tile: 64 halves the barriers and doubles the loads in flight per row of work,
  * where the staged rows fit. */
 template <int D, ggml_type type_K, ggml_type type_V> __host__ __device__ constexpr int tq_fa_rows()
 {
-    return tq_fa_smem<D, tq_fa_staged<type_K>, tq_fa_staged<type_V>>(64) <= TQ_FA_SMEM_MAX ? 64 : 32;
+    return tq_fa_smem<D, TQ_FA_HEADS, tq_fa_staged<type_K>, tq_fa_staged<type_V>>(64) <= TQ_FA_SMEM_MAX ? 64 : 32;
 }
 
 /* Staging of one tile: rows k0 .. k0+T-1 of one KV head (row stride nb bytes) into staged
- * slots; rows at or past k_max become zero blocks (they decode to 0, and their p is 0). */
-template <typename S, int D, int T, int NT> struct tq_fa_tile {
-    static constexpr int NBLK  = D / S::QK;            /* blocks per row */
-    static constexpr int NH    = S::NB / 2;            /* halfwords per block */
-    static constexpr int ITEMS = T * NBLK * NH;
-    static constexpr int PER   = (ITEMS + NT - 1) / NT; /* halfwords per thread */
+ * slots, one warp per row: lane c copies halfword c, c + 32, ... of the row's HW halfwords
+ * (consecutive lanes on consecutive bytes; the rows of a head are 2-byte aligned, so no wider
+ * load is safe). Rows at or past k_max become zero blocks: they decode to 0, and their p is 0. */
+template <typename S, int D> struct tq_fa_row {
+    static constexpr int NBLK = D / S::QK;              /* blocks per row */
+    static constexpr int NH   = S::NB / 2;              /* halfwords per block */
+    static constexpr int HW   = NBLK * NH;              /* halfwords per row */
+    static constexpr int NQ   = (HW + WARP_SIZE - 1) / WARP_SIZE; /* halfwords per lane */
+    static constexpr int RB   = NBLK * S::SB;           /* staged bytes per row */
 
-    static __device__ __forceinline__ uint16_t load(const char * __restrict__ src, int64_t nb, int k0,
-            int k_max, int i) {
-        if (i >= ITEMS) {
-            return 0;
-        }
-        const int r = i / (NBLK * NH);
-        return k0 + r < k_max ? ((const uint16_t *) (src + (int64_t) (k0 + r) * nb))[i % (NBLK * NH)] : 0;
-    }
-
-    static __device__ __forceinline__ void store(uint8_t * __restrict__ dst, int i, uint16_t h) {
-        if (i < ITEMS) {
-            *(uint16_t *) (dst + (i / NH) * S::SB + S::OFF + 2 * (i % NH)) = h;
-        }
-    }
+    /* Where halfword c of a row goes in its staged slots. */
+    static __device__ __forceinline__ int dst(int c) { return (c / NH) * S::SB + S::OFF + 2 * (c % NH); }
 };
 
-/* Stage the K and V tiles with up to 8 + 8 loads of each thread in flight before it stores. */
-template <typename SK, typename SV, int D, int T, int NT>
+/* Stage the K and V tiles; each warp takes rows warp, warp + NW, ..., eight at a time, with
+ * all of their loads in flight before the first store. */
+template <typename SK, typename SV, int D, int T, int NW>
 static __device__ __forceinline__ void tq_fa_stage(const char * __restrict__ K, int64_t nbk,
         const char * __restrict__ V, int64_t nbv, int k0, int k_max,
-        uint8_t * __restrict__ Kt, uint8_t * __restrict__ Vt, int tid)
+        uint8_t * __restrict__ Kt, uint8_t * __restrict__ Vt, int lane, int warp)
 {
-    typedef tq_fa_tile<SK, D, T, NT> TK;
-    typedef tq_fa_tile<SV, D, T, NT> TV;
-    constexpr int PER = TK::PER > TV::PER ? TK::PER : TV::PER;
-    constexpr int BATCH = PER < 8 ? PER : 8;
+    typedef tq_fa_row<SK, D> RK;
+    typedef tq_fa_row<SV, D> RV;
+    constexpr int RPW   = T / NW;             /* rows per warp */
+    constexpr int BATCH = RPW < 8 ? RPW : 8;
+    static_assert(T % NW == 0 && RPW % BATCH == 0, "whole batches of rows per warp");
+    const uint16_t * kr = (const uint16_t *) (K + (int64_t) (k0 + warp) * nbk) + lane;
+    const uint16_t * vr = (const uint16_t *) (V + (int64_t) (k0 + warp) * nbv) + lane;
+    const int64_t kstep = NW * nbk / 2; /* halfwords from one of this warp's rows to its next */
+    const int64_t vstep = NW * nbv / 2;
+    uint8_t * kt = Kt + warp * RK::RB;
+    uint8_t * vt = Vt + warp * RV::RB;
 #pragma unroll 1
-    for (int p0 = 0; p0 < PER; p0 += BATCH) {
-        uint16_t hk[BATCH];
-        uint16_t hv[BATCH];
+    for (int i0 = 0; i0 < RPW; i0 += BATCH) {
+        uint16_t hk[BATCH][RK::NQ];
+        uint16_t hv[BATCH][RV::NQ];
 #pragma unroll
-        for (int p = 0; p < BATCH; p++) {
-            hk[p] = TK::load(K, nbk, k0, k_max, tid + (p0 + p) * NT);
-            hv[p] = TV::load(V, nbv, k0, k_max, tid + (p0 + p) * NT);
+        for (int i = 0; i < BATCH; i++) {
+            const bool in = k0 + warp + NW * (i0 + i) < k_max;
+#pragma unroll
+            for (int q = 0; q < RK::NQ; q++) {
+                hk[i][q] = in && lane + WARP_SIZE * q < RK::HW ? kr[WARP_SIZE * q] : 0;
+            }
+#pragma unroll
+            for (int q = 0; q < RV::NQ; q++) {
+                hv[i][q] = in && lane + WARP_SIZE * q < RV::HW ? vr[WARP_SIZE * q] : 0;
+            }
+            kr += kstep;
+            vr += vstep;
         }
 #pragma unroll
-        for (int p = 0; p < BATCH; p++) {
-            TK::store(Kt, tid + (p0 + p) * NT, hk[p]);
-            TV::store(Vt, tid + (p0 + p) * NT, hv[p]);
+        for (int i = 0; i < BATCH; i++) {
+#pragma unroll
+            for (int q = 0; q < RK::NQ; q++) {
+                const int c = lane + WARP_SIZE * q;
+                if (c < RK::HW) {
+                    *(uint16_t *) (kt + RK::dst(c)) = hk[i][q];
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < RV::NQ; q++) {
+                const int c = lane + WARP_SIZE * q;
+                if (c < RV::HW) {
+                    *(uint16_t *) (vt + RV::dst(c)) = hv[i][q];
+                }
+            }
+            kt += NW * RK::RB;
+            vt += NW * RV::RB;
         }
     }
 }
 
-template <int D, ggml_type type_K, ggml_type type_V>
-__launch_bounds__(TQ_FA_NTHREADS)
+/* Blocks per multiprocessor asked of the register allocator: with 2 query heads, head size up
+ * to 128 and turbo2..4 K and V, everything fits in 64 registers without spilling (ptxas -v),
+ * and 8 blocks instead of 5 hide more of the latency of the shared-memory table reads; the
+ * other cases spill at 64 and keep the compiler's choice. */
+template <int D, int G, typename SK, typename SV> __host__ __device__ constexpr int tq_fa_min_blocks()
+{
+    return G == 2 && D <= 128 && SK::NLUT > 0 && SK::NLUT <= 16 && SV::NLUT > 0 && SV::NLUT <= 16 ? 8 : 1;
+}
+
+/* G query heads per block, 2 or TQ_FA_HEADS. */
+template <int D, int G, ggml_type type_K, ggml_type type_V>
+__launch_bounds__(TQ_FA_NTHREADS, (tq_fa_min_blocks<D, G, tq_fa_staged<type_K>, tq_fa_staged<type_V>>()))
 static __global__ void tq_flash_attn_ext_vec(
         const char * __restrict__ Q,
         const char * __restrict__ K,
@@ -169,16 +209,17 @@ static __global__ void tq_flash_attn_ext_vec(
     typedef tq_fa_staged<type_K> SK;
     typedef tq_fa_staged<type_V> SV;
     constexpr int T  = tq_fa_rows<D, type_K, type_V>();
-    constexpr int G  = TQ_FA_HEADS;
     constexpr int NT = TQ_FA_NTHREADS;
     constexpr int NW = NT / WARP_SIZE;
     constexpr int DQ = D / 4;          /* values per quarter row (score step) */
     constexpr int QS = DQ + 4;         /* padded quarter: quarters on distinct banks */
+    constexpr int KB = DQ < SK::QK ? DQ : SK::QK; /* values of a quarter that share a scale */
     constexpr int NG8 = D / 8;         /* groups of 8 dims (V step) */
     constexpr int RS = NT / NG8;       /* row subsets of the V step */
     static_assert(D % 64 == 0 && D <= 256 && D % SK::QK == 0 && D % SV::QK == 0, "head size 64, 128 or 256");
     static_assert(T % WARP_SIZE == 0 && NT == 128 && T % RS == 0, "rows in whole warps, four quarters per row");
-    static_assert(tq_fa_smem<D, SK, SV>(T) <= TQ_FA_SMEM_MAX, "shared memory of a block");
+    static_assert(tq_fa_smem<D, G, SK, SV>(T) <= TQ_FA_SMEM_MAX, "shared memory of a block");
+    static_assert(G == 2 || G == TQ_FA_HEADS, "2 or 4 query heads per block");
 
     __shared__ __align__(16) uint8_t Kt[T * (D / SK::QK) * SK::SB];
     __shared__ __align__(16) uint8_t Vt[T * (D / SV::QK) * SV::SB];
@@ -230,9 +271,10 @@ static __global__ void tq_flash_attn_ext_vec(
     const half * maskh = mask ? (const half *) (mask + nb33 * (seq % ne33) + nb31 * col) : nullptr;
     const int k_max = KV_max ? KV_max[seq * gridDim.x + blockIdx.x] : ne11;
 
-    float slope[G / NW];
+    constexpr int GW = (G + NW - 1) / NW; /* query heads per warp in the softmax step */
+    float slope[GW];
 #pragma unroll
-    for (int w = 0; w < G / NW; w++) {
+    for (int w = 0; w < GW; w++) {
         slope[w] = get_alibi_slope(max_bias, h0 + warp + w * NW, n_head_log2, m0, m1);
     }
 
@@ -253,7 +295,7 @@ static __global__ void tq_flash_attn_ext_vec(
 
     for (int k0 = blockIdx.y * T; k0 < k_max; k0 += gridDim.y * T) {
         __syncthreads(); /* the last tile's readers are done with Kt, Vt, Ss */
-        tq_fa_stage<SK, SV, D, T, NT>(K, nb11, V, nb21, k0, k_max, Kt, Vt, tid);
+        tq_fa_stage<SK, SV, D, T, NW>(K, nb11, V, nb21, k0, k_max, Kt, Vt, lane, warp);
         __syncthreads();
 
 #pragma unroll
@@ -265,19 +307,35 @@ static __global__ void tq_flash_attn_ext_vec(
                 part[g] = 0.0f;
             }
             const uint8_t * krow = Kt + row * (D / SK::QK) * SK::SB;
+            /* the quarter's values that share one scale: the levels are summed against the
+             * queries first and the sum multiplied by the scale once */
 #pragma unroll
-            for (int j = 0; j < DQ; j += 8) {
-                const int jj = sq * DQ + j; /* value index in the row */
-                float kv[8];
-                SK::decode8(krow + (jj / SK::QK) * SK::SB, jj % SK::QK, lutK, kv);
+            for (int b0 = 0; b0 < DQ; b0 += KB) {
+                const int jb = sq * DQ + b0; /* first value index of this scale's run */
+                const uint8_t * kb = krow + (jb / SK::QK) * SK::SB;
+                float raw[G];
 #pragma unroll
                 for (int g = 0; g < G; g++) {
-                    if (g < ng) {
-                        const float4 qa = *(const float4 *) &Qs[(g * 4 + sq) * QS + j];
-                        const float4 qb = *(const float4 *) &Qs[(g * 4 + sq) * QS + j + 4];
-                        part[g] += kv[0] * qa.x + kv[1] * qa.y + kv[2] * qa.z + kv[3] * qa.w
-                                 + kv[4] * qb.x + kv[5] * qb.y + kv[6] * qb.z + kv[7] * qb.w;
+                    raw[g] = 0.0f;
+                }
+#pragma unroll
+                for (int j = b0; j < b0 + KB; j += 8) {
+                    float kv[8];
+                    SK::levels8(kb, (sq * DQ + j) % SK::QK, lutK, kv);
+#pragma unroll
+                    for (int g = 0; g < G; g++) {
+                        if (g < ng) {
+                            const float4 qa = *(const float4 *) &Qs[(g * 4 + sq) * QS + j];
+                            const float4 qb = *(const float4 *) &Qs[(g * 4 + sq) * QS + j + 4];
+                            raw[g] += kv[0] * qa.x + kv[1] * qa.y + kv[2] * qa.z + kv[3] * qa.w
+                                    + kv[4] * qb.x + kv[5] * qb.y + kv[6] * qb.z + kv[7] * qb.w;
+                        }
                     }
+                }
+                const float d = SK::scale(kb);
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    part[g] += d * raw[g];
                 }
             }
 #pragma unroll
@@ -295,7 +353,7 @@ static __global__ void tq_flash_attn_ext_vec(
         __syncthreads();
 
 #pragma unroll
-        for (int w = 0; w < G / NW; w++) {
+        for (int w = 0; w < GW; w++) {
             const int g = warp + w * NW;
             if (g < ng) {
                 float sv[T / 32];
@@ -351,15 +409,17 @@ static __global__ void tq_flash_attn_ext_vec(
         for (int i = 0; i < T / RS; i++) {
             const int r = vr + RS * i;
             const int jj = vg * 8;
+            const uint8_t * vb = Vt + (r * (D / SV::QK) + jj / SV::QK) * SV::SB;
             float vv[8];
-            SV::decode8(Vt + (r * (D / SV::QK) + jj / SV::QK) * SV::SB, jj % SV::QK, lutV, vv);
+            SV::levels8(vb, jj % SV::QK, lutV, vv);
+            const float d = SV::scale(vb);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 if (g < ng) {
-                    const float p = Ss[g][r];
+                    const float pd = Ss[g][r] * d; /* p * scale, once per 8 values */
 #pragma unroll
                     for (int l = 0; l < 8; l++) {
-                        acc[g][l] += p * vv[l];
+                        acc[g][l] += pd * vv[l];
                     }
                 }
             }
@@ -427,8 +487,15 @@ static __global__ void tq_flash_attn_ext_vec(
 template <int D, ggml_type type_K, ggml_type type_V>
 void tq_cuda_flash_attn_ext_vec_case(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
 {
-    launch_fattn<D, 1, TQ_FA_HEADS>(ctx, dst, tq_flash_attn_ext_vec<D, type_K, type_V>,
-        TQ_FA_NTHREADS / WARP_SIZE, 0, tq_fa_rows<D, type_K, type_V>(), false, false, false, false);
+    const int64_t gqa = dst->src[0]->ne[2] / dst->src[1]->ne[2];
+    constexpr int T = tq_fa_rows<D, type_K, type_V>();
+    if (gqa % TQ_FA_HEADS == 0) {
+        launch_fattn<D, 1, TQ_FA_HEADS>(ctx, dst, tq_flash_attn_ext_vec<D, TQ_FA_HEADS, type_K, type_V>,
+            TQ_FA_NTHREADS / WARP_SIZE, 0, T, false, false, false, false);
+    } else {
+        launch_fattn<D, 1, 2>(ctx, dst, tq_flash_attn_ext_vec<D, 2, type_K, type_V>,
+            TQ_FA_NTHREADS / WARP_SIZE, 0, T, false, false, false, false);
+    }
 }
 
 #endif /* TURBOQUANT_CUDA_FATTN_CUH */
