@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Usage: ci/compare-backends.py LLAMA_PERPLEXITY MODEL TEXT OUT.json [--ngl N] [--chunks N]
+                                  [--ubatch N]
 
 Runs the perplexity suite's runs (harness.perplexity: the f16 base, then each KV-cache
 configuration with --kl-divergence against it) on one model file and text with the given
 llama-perplexity, and writes every number to OUT.json. Run it with a CPU build and with a GPU
 build (--ngl 99) on the same file, then compare the two JSON files with --compare: each
 turbo KLD of the GPU run must lie within the CPU run's error bars (2 standard errors of the
-difference).
+difference). `--ubatch 1` evaluates one token per step, so the decode kernels (not the
+prompt path) produce every scored logit.
 
     ci/compare-backends.py --compare cpu.json gpu.json
 
@@ -38,14 +40,24 @@ from harness.perplexity import (  # noqa: E402
 CONFIGS = ("q8_0", "q4_0", "turbo3", "turbo4", "turbo5/turbo3", "q8_0/turbo3")
 
 
-def measure(binary: Path, model: Path, text: Path, out: Path, ngl: int | None, chunks: int) -> None:
+def measure(
+    binary: Path,
+    model: Path,
+    text: Path,
+    out: Path,
+    ngl: int | None,
+    chunks: int,
+    ubatch: int | None = None,
+) -> None:
     """The runs' logs go beside OUT (OUT-logs/), the f16 base logits to a temporary cache
     that is removed afterwards."""
     logs = out.with_name(out.stem + "-logs")
     with tempfile.TemporaryDirectory(prefix="tqh-compare-") as tmp:
         work = Path(tmp)
         paths = Paths(repo=Path.cwd(), cache=work / "cache", build=work / "build")
-        settings = RunSettings(binary=binary, chunks=chunks, threads=2, gpu_layers=ngl)
+        settings = RunSettings(
+            binary=binary, chunks=chunks, threads=2, gpu_layers=ngl, ubatch=ubatch
+        )
         runner = Runner(paths, settings, logs)
         key = BaseKey(
             f"file:{model.name}", f"file:{text.name}", build_identity(binary), 512, chunks
@@ -55,7 +67,9 @@ def measure(binary: Path, model: Path, text: Path, out: Path, ngl: int | None, c
         for name in CONFIGS:
             config = CacheConfig.parse(name)
             runs[name] = asdict(runner.candidate(model.stem, model, text, base, config))
-    out.write_text(json.dumps({"model": str(model), "ngl": ngl, "runs": runs}, indent=1))
+    out.write_text(
+        json.dumps({"model": str(model), "ngl": ngl, "ubatch": ubatch, "runs": runs}, indent=1)
+    )
     print(f"wrote {out} (logs in {logs})")
 
 
@@ -81,11 +95,12 @@ def main() -> int:
     parser.add_argument("args", nargs="+", type=Path)
     parser.add_argument("--ngl", type=int)
     parser.add_argument("--chunks", type=int, default=8)
+    parser.add_argument("--ubatch", type=int, help="-ub of llama-perplexity (1: decode path)")
     parser.add_argument("--compare", action="store_true")
     ns = parser.parse_args()
     if ns.compare:
         return compare(*ns.args)
-    measure(*ns.args, ngl=ns.ngl, chunks=ns.chunks)
+    measure(*ns.args, ngl=ns.ngl, chunks=ns.chunks, ubatch=ns.ubatch)
     return 0
 
 

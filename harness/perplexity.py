@@ -250,12 +250,16 @@ class RunSettings:
     threads: int = 2
     # -ngl; None passes none, so a CPU build runs as it always did.
     gpu_layers: int | None = None
+    # -ub; 1 sends every token through the decode kernels (one query per step) instead of the
+    # prompt path, at the cost of speed; None keeps llama-perplexity's own.
+    ubatch: int | None = None
 
     def common(self, model: Path, text: Path) -> list[str | Path]:
         # llama-perplexity block-buffers stdout into a pipe, which would hold back the
         # per-chunk rows the progress line counts until the run ends.
         line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
         offload = [] if self.gpu_layers is None else ["-ngl", str(self.gpu_layers)]
+        ubatch = [] if self.ubatch is None else ["-ub", str(self.ubatch)]
         return [
             *line_buffered,
             self.binary,
@@ -276,6 +280,7 @@ class RunSettings:
             "-lv",
             VERBOSITY,
             *offload,
+            *ubatch,
         ]
 
 

@@ -300,6 +300,9 @@ static __global__ void tq_flash_attn_ext_vec(
 
 #pragma unroll
         for (int rr = 0; rr < T / 32; rr++) {
+            if (k0 + 32 * rr >= k_max) {
+                break; /* 32 rows past the end (a short cache, the last tile): the softmax masks them */
+            }
             const int row = sr + 32 * rr;
             float part[G];
 #pragma unroll
@@ -407,6 +410,9 @@ static __global__ void tq_flash_attn_ext_vec(
         }
 #pragma unroll
         for (int i = 0; i < T / RS; i++) {
+            if (k0 + RS * i >= k_max) {
+                break; /* RS rows past the end: their p is 0 */
+            }
             const int r = vr + RS * i;
             const int jj = vg * 8;
             const uint8_t * vb = Vt + (r * (D / SV::QK) + jj / SV::QK) * SV::SB;
