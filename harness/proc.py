@@ -111,12 +111,14 @@ def started(
     log: Path,
     what: str,
     cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
     stop_after_s: float = 10.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``cmd`` in the background for the ``with`` block (a server), its output going to
-    ``log`` (appended, after the command line); on the way out it is terminated, and killed
-    if it has not stopped after ``stop_after_s`` seconds. Raises ToolMissing as ``run`` does;
-    the caller checks ``poll()`` to see whether it died early."""
+    ``log`` (appended, after the command line), ``env`` added to the environment; on the way
+    out it is terminated, and killed if it has not stopped after ``stop_after_s`` seconds.
+    Raises ToolMissing as ``run`` does; the caller checks ``poll()`` to see whether it died
+    early."""
     args = tuple(os.fspath(c) for c in cmd)
     if shutil.which(args[0]) is None and not Path(args[0]).is_file():
         raise ToolMissing(f"`{args[0]}` is not on PATH (needed to {what})")
@@ -126,7 +128,12 @@ def started(
         log_fh.write(f"$ {quote(args)}  (cwd={cwd or Path.cwd()})\n".encode())
         log_fh.flush()
         child = subprocess.Popen(
-            args, cwd=cwd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            args,
+            cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         try:
             yield child

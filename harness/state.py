@@ -54,17 +54,26 @@ DEFAULT_CONFIGS = (
     "turbo5/turbo3",
     "turbo2/turbo5",
 )
-# Saved under the first, restored under the second: K differs, then V differs.
-MISMATCHES = (("q8_0/turbo3", "turbo3/turbo3"), ("turbo4/turbo3", "turbo4/turbo4"))
+# Saved under the first configuration, restored under the second with the environment given:
+# K differs, V differs, and the attention rotation differs (the types alike; patch 0013).
+ROTATION_OFF = {"LLAMA_ATTN_ROT_DISABLE": "1"}
+MISMATCHES: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("q8_0/turbo3", "turbo3/turbo3", {}),
+    ("turbo4/turbo3", "turbo4/turbo4", {}),
+    ("q8_0/turbo3", "q8_0/turbo3", ROTATION_OFF),
+)
 SAVE_LOAD_TESTS = 9
 PROMPT_TOKENS = 400
 N_PREDICT = 32
 CTX = 2048
 READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 600.0
-# llama-kv-cache.cpp's refusal (patch 0012): "the saved state holds a q8_0 K cache, this
-# context has turbo3 (layer 0): ..."
-REFUSAL = re.compile(r"the saved state holds an? (\S+) ([KV]) cache, this context has (\S+)")
+# llama-kv-cache.cpp's refusals: "the saved state holds a q8_0 K cache, this context has
+# turbo3 (layer 0): ..." (patch 0012), "the saved state holds K/V rotated/rotated by the
+# attention rotation, this context's are unrotated/unrotated: ..." (patch 0013)
+REFUSAL = re.compile(
+    r"the saved state holds (?:an? \S+ [KV] cache, this context has|K/V \S+ by the attention)"
+)
 
 
 def all_configs() -> tuple[str, ...]:
@@ -192,13 +201,22 @@ def _free_port() -> int:
 
 class Server:
     """A llama-server on 127.0.0.1 for the ``with`` block: one slot, ``CTX`` tokens, flash
-    attention, the given cache configuration, slot files in ``slots``."""
+    attention, the given cache configuration, slot files in ``slots``, ``env`` added to its
+    environment."""
 
     def __init__(
-        self, binary: Path, model: Path, config: CacheConfig, slots: Path, log: Path, threads: int
+        self,
+        binary: Path,
+        model: Path,
+        config: CacheConfig,
+        slots: Path,
+        log: Path,
+        threads: int,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = _free_port()
         self.log = log
+        self.env = env
         self.cmd = [
             binary,
             "-m",
@@ -229,7 +247,7 @@ class Server:
         ]
 
     def __enter__(self) -> Server:
-        self._ctx = proc.started(self.cmd, log=self.log, what="run llama-server")
+        self._ctx = proc.started(self.cmd, log=self.log, what="run llama-server", env=self.env)
         self._child = self._ctx.__enter__()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -347,6 +365,11 @@ def _refusal(log_text: str) -> str:
     return log_text[start : end if end != -1 else None].strip()
 
 
+def _label(config: CacheConfig, env: dict[str, str]) -> str:
+    """``config``'s name, and the environment it ran with if any (``q8_0 X=1``)."""
+    return " ".join([config.name, *(f"{k}={v}" for k, v in env.items())])
+
+
 def run_server_mismatch(
     binary: Path,
     model: Path,
@@ -356,8 +379,9 @@ def run_server_mismatch(
     text: str,
     log: Path,
     threads: int,
+    env: dict[str, str],
 ) -> MismatchResult:
-    """A slot saved by a server with ``saved``, restored by one with ``loaded``."""
+    """A slot saved by a server with ``saved``, restored by one with ``loaded`` and ``env``."""
     with tempfile.TemporaryDirectory(prefix="tqh-slots-") as tmp:
         slots = Path(tmp)
         with Server(binary, model, saved, slots, log, threads) as srv:
@@ -365,7 +389,7 @@ def run_server_mismatch(
             srv.complete(toks, n_predict=1)
             srv.slot("save", "a.bin")
         start = log.stat().st_size
-        with Server(binary, model, loaded, slots, log, threads) as srv:
+        with Server(binary, model, loaded, slots, log, threads, env) as srv:
             status, _ = srv.slot("restore", "a.bin")
             _, evaluated = srv.complete(toks, n_predict=1)
         message = _refusal(log.read_text(errors="replace")[start:])
@@ -373,7 +397,7 @@ def run_server_mismatch(
         name,
         "llama-server",
         saved.name,
-        loaded.name,
+        _label(loaded, env),
         status == 400,
         message,
         evaluated == len(toks),
@@ -389,10 +413,11 @@ def run_cli_mismatch(
     prompt: Path,
     log: Path,
     threads: int,
+    env: dict[str, str],
 ) -> MismatchResult:
     """llama-completion's ``--prompt-cache`` written under ``saved``, read under ``loaded``."""
 
-    def completion(config: CacheConfig, cache: Path) -> proc.Completed:
+    def completion(config: CacheConfig, cache: Path, env: dict[str, str]) -> proc.Completed:
         return proc.run(
             [
                 binary,
@@ -417,26 +442,27 @@ def run_cli_mismatch(
                 str(threads),
             ],
             log=log,
+            env=env,
             check=False,
             quiet=True,
         )
 
     with tempfile.TemporaryDirectory(prefix="tqh-cache-") as tmp:
         cache = Path(tmp) / "prompt.bin"
-        first = completion(saved, cache)
+        first = completion(saved, cache, {})
         if first.returncode != 0 or not cache.is_file():
             raise CommandFailed(
                 f"llama-completion did not write its prompt cache (exit {first.returncode})",
                 hint=f"read {log}",
             )
         before = hashlib.sha256(cache.read_bytes()).hexdigest()
-        second = completion(loaded, cache)
+        second = completion(loaded, cache, env)
         kept = hashlib.sha256(cache.read_bytes()).hexdigest() == before
     return MismatchResult(
         name,
         "llama-completion",
         saved.name,
-        loaded.name,
+        _label(loaded, env),
         second.returncode != 0,
         _refusal(second.output),
         kept,
@@ -560,9 +586,9 @@ def run(
                     )
                 )
         if server:
-            for (name, model), (saved, loaded) in itertools.product(models, MISMATCHES):
+            for (name, model), (saved, loaded, env) in itertools.product(models, MISMATCHES):
                 a, b = CacheConfig.parse(saved), CacheConfig.parse(loaded)
-                step(f"{name} {saved} -> {loaded}: refused")
+                step(f"{name} {saved} -> {_label(b, env)}: refused")
                 mismatches.append(
                     run_server_mismatch(
                         bin_dir / "llama-server",
@@ -573,6 +599,7 @@ def run(
                         text,
                         logs / "state-server.log",
                         threads,
+                        env,
                     )
                 )
                 mismatches.append(
@@ -585,6 +612,7 @@ def run(
                         prompt,
                         logs / "state-cli.log",
                         threads,
+                        env,
                     )
                 )
     return StateRun(tuple(save_load), tuple(slots), tuple(mismatches))
