@@ -162,7 +162,9 @@ def parse_save_load(output: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def run_save_load(
     binary: Path, model: Path, name: str, config: CacheConfig, prompt: Path, log: Path, threads: int
 ) -> SaveLoadResult:
-    """test-save-load-state with ``config`` on ``model``; its files go to a temporary folder."""
+    """test-save-load-state with ``config`` on ``model`` and the prompt file ``prompt``; the
+    files it writes go to a temporary folder. A failing test is a result, not an exception;
+    raises ToolMissing when ``binary`` does not exist."""
     with tempfile.TemporaryDirectory(prefix="tqh-state-") as tmp:
         out = proc.run(
             [
@@ -310,6 +312,8 @@ class Server:
         return data["content"], int(data["timings"]["prompt_n"])
 
     def slot(self, action: str, filename: str = "") -> tuple[int, dict]:
+        """``save``, ``restore`` (``filename`` in the slot folder) or ``erase`` slot 0: the
+        HTTP status and the answer; a refused restore is a 400, not an exception."""
         return self.request(f"/slots/0?action={action}", {"filename": filename} if filename else {})
 
     def tokens(self, text: str, n: int) -> list[int]:
@@ -323,7 +327,9 @@ class Server:
 def run_slot_roundtrip(
     binary: Path, model: Path, name: str, config: CacheConfig, text: str, log: Path, threads: int
 ) -> SlotResult:
-    """Save, erase, restore and save again slot 0 of a llama-server with ``config``."""
+    """Save, erase, restore and save again slot 0 of a llama-server with ``config``, around
+    ``PROMPT_TOKENS`` tokens of ``text`` and ``N_PREDICT`` greedy tokens. Raises
+    CommandFailed when the server does not start or a slot action is refused."""
     with tempfile.TemporaryDirectory(prefix="tqh-slots-") as tmp:
         slots = Path(tmp)
         with Server(binary, model, config, slots, log, threads) as srv:
