@@ -363,12 +363,12 @@ def run_slot_roundtrip(
 
 
 def _refusal(log_text: str) -> str:
+    """The refusal in ``log_text``, from "the saved state holds" to the end of its line."""
     m = REFUSAL.search(log_text)
     if m is None:
         return ""
-    start = log_text.rfind("\n", 0, m.start()) + 1
     end = log_text.find("\n", m.end())
-    return log_text[start : end if end != -1 else None].strip()
+    return log_text[m.start() : end if end != -1 else None].strip()
 
 
 def _label(config: CacheConfig, env: dict[str, str]) -> str:
@@ -532,7 +532,7 @@ def table(run: StateRun) -> str:
         for m in run.mismatches:
             lines.append(
                 f"| {m.model} | {m.tool} | {m.saved} | {m.loaded} | {yes[m.refused]} | "
-                f"{m.message.split(': ', 1)[-1] or '**none**'} | {yes[m.nothing_loaded]} |"
+                f"{m.message or '**none**'} | {yes[m.nothing_loaded]} |"
             )
     ok = sum(r.ok for r in run.save_load)
     lines += ["", f"test-save-load-state: {ok}/{len(run.save_load)} configurations pass all tests"]
