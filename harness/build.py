@@ -44,6 +44,8 @@ CUDA_KERNEL_TARGETS = ("turboquant_cuda_gpu",)
 
 
 class Backend(Enum):
+    """The ggml backend a build enables; its value names the build folder (build/cpu, ...)."""
+
     CPU = "cpu"
     METAL = "metal"
     CUDA = "cuda"
@@ -51,6 +53,9 @@ class Backend(Enum):
 
 @dataclass(frozen=True)
 class BuildOptions:
+    """How to configure and what to build; everything but ``targets`` and ``jobs`` is part
+    of the configuration record, so changing it resets the build folder."""
+
     backend: Backend = Backend.CPU
     build_type: str = "Release"
     native: bool = True
@@ -60,6 +65,7 @@ class BuildOptions:
     jobs: int | None = None
 
     def cmake_defines(self) -> list[str]:
+        """The ``-DVAR=VALUE`` arguments of the cmake configure step, ``defines`` last."""
         d = [
             f"-DCMAKE_BUILD_TYPE={self.build_type}",
             f"-DGGML_NATIVE={'ON' if self.native else 'OFF'}",
@@ -84,6 +90,8 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class BuildResult:
+    """A finished build: its folder, the ninja steps it ran, whether the folder was reset."""
+
     directory: Path
     steps: int
     reset: bool
@@ -91,14 +99,17 @@ class BuildResult:
 
     @property
     def bin(self) -> Path:
+        """The programs and shared libraries (llama-perplexity, libggml, ...)."""
         return self.directory / "bin"
 
     @property
     def kernels(self) -> Path:
+        """The kernels' libraries and tools (libturboquant*, tq_bench)."""
         return self.directory / "turboquant"
 
 
 def build_dir(paths: Paths, options: BuildOptions) -> Path:
+    """The build folder of ``options``' backend under ``paths.build``."""
     return paths.build / options.backend.value
 
 

@@ -25,16 +25,20 @@ TAIL_LINES = 40
 
 @dataclass(frozen=True)
 class Completed:
+    """A finished command: its arguments, exit status and combined stdout + stderr text."""
+
     args: tuple[str, ...]
     returncode: int
     output: str
 
 
 def quote(cmd: Sequence[str | os.PathLike[str]]) -> str:
+    """``cmd`` as one shell-quoted line, for logs and error messages."""
     return " ".join(shlex.quote(os.fspath(c)) for c in cmd)
 
 
 def which(tool: str) -> Path:
+    """The path of ``tool`` on PATH; raises ToolMissing (exit 12) if there is none."""
     found = shutil.which(tool)
     if found is None:
         raise ToolMissing(f"`{tool}` is not on PATH")

@@ -93,6 +93,7 @@ class SaveLoadResult:
 
     @property
     def ok(self) -> bool:
+        """Exit 0 and all ``SAVE_LOAD_TESTS`` tests passed (fewer means the program stopped)."""
         return self.returncode == 0 and not self.failed and len(self.passed) == SAVE_LOAD_TESTS
 
 
@@ -110,6 +111,7 @@ class SlotResult:
 
     @property
     def ok(self) -> bool:
+        """Byte-identical slot files, 1 token evaluated after the restore, the unsaved answer."""
         return (
             self.files_identical and self.evaluated_after_restore == 1 and self.same_as_never_saved
         )
@@ -129,6 +131,7 @@ class MismatchResult:
 
     @property
     def ok(self) -> bool:
+        """Refused, with the line naming both sides logged, and nothing of the state kept."""
         return self.refused and bool(self.message) and self.nothing_loaded
 
 
@@ -485,6 +488,7 @@ class StateRun:
 
     @property
     def failures(self) -> list[str]:
+        """One line per failed check, naming the model, the configuration and what failed."""
         out = [
             f"test-save-load-state {r.model} {r.config}: "
             + (f"failed {', '.join(r.failed)}" if r.failed else f"exit {r.returncode}")
