@@ -29,6 +29,9 @@ SPEED_TARGETS = {
 
 @dataclass(frozen=True)
 class BenchPlan:
+    """One bench run: the model, the cache types (K and V alike, f16 first), KV depths in
+    tokens, prompt and generated tokens per test (pp/tg), interleaved rounds, threads."""
+
     model: Path
     types: tuple[str, ...] = ("f16", "q8_0", "q4_0", "turbo3", "turbo4")
     depths: tuple[int, ...] = (0, 4096)
@@ -40,12 +43,16 @@ class BenchPlan:
 
 @dataclass
 class TypeResult:
+    """One cache type's results: the type llama.cpp stored (turbo3 may become turbo3_64), KV
+    bytes per token from its log line, and t/s per test key (``tg@4096``), one per round."""
+
     cache_type: str
     stored_type: str = ""
     kv_bytes_per_token: float = 0.0
     speed: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, key: str) -> float:
+        """The median t/s of ``key`` (``pp@0``, ``tg@4096``, ...) over the rounds."""
         return statistics.median(self.speed[key])
 
 
@@ -109,6 +116,9 @@ def first_context_kv(out: str, where: str) -> KvAllocation:
 
 
 def run_bench(bin_dir: Path, plan: BenchPlan, log: Path) -> dict[str, TypeResult]:
+    """llama-bench once per type per round, types interleaved within each round; output to
+    ``log``. Raises CommandFailed when llama-bench fails and ParseError when its output lacks
+    the JSON rows or the KV log line."""
     bench = bin_dir / "llama-bench"
     results = {t: TypeResult(t) for t in plan.types}
     progress = Progress("llama-bench", every=30)
@@ -159,7 +169,9 @@ def table(results: dict[str, TypeResult], plan: BenchPlan) -> tuple[str, list[st
     return "\n".join(lines), missed
 
 
-def check_memory(results: dict[str, TypeResult], head_dim: int | None = None) -> None:
+def check_memory(results: dict[str, TypeResult]) -> None:
+    """Raises GateFailed (exit 21) when a type's KV bytes per token exceed MEMORY_TARGETS
+    (fractions of f16's); block-64 variants are exempt (1/8 bit per value more by design)."""
     base = results["f16"].kv_bytes_per_token
     failures = [
         f"{t}: KV {results[t].kv_bytes_per_token / base:.3f} of f16 > {limit}"
@@ -173,6 +185,7 @@ def check_memory(results: dict[str, TypeResult], head_dim: int | None = None) ->
 
 
 def write_json(results: dict[str, TypeResult], plan: BenchPlan, path: Path) -> None:
+    """The plan and every round's t/s per type as JSON at ``path``."""
     data = {
         "plan": {**asdict(plan), "model": str(plan.model)},
         "results": {t: asdict(r) for t, r in results.items()},

@@ -50,6 +50,7 @@ def _upstream(args: argparse.Namespace, paths: Paths) -> Upstream:
 
 
 def cmd_build(args: argparse.Namespace, paths: Paths) -> None:
+    """`build`: fetch upstream, apply patches/ under the build lock, build the targets."""
     backend = build_mod.Backend(args.backend)
     default_targets = build_mod.BuildOptions.targets + (
         build_mod.CUDA_KERNEL_TARGETS if backend is build_mod.Backend.CUDA else ()
@@ -73,6 +74,7 @@ def cmd_build(args: argparse.Namespace, paths: Paths) -> None:
 
 
 def cmd_patches(args: argparse.Namespace, paths: Paths) -> None:
+    """`patches apply|export|check`: the series against the work checkout."""
     upstream = _upstream(args, paths)
     with exclusive(paths.build / ".lock"):
         if args.action == "apply":
@@ -87,6 +89,7 @@ def cmd_patches(args: argparse.Namespace, paths: Paths) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace, paths: Paths) -> None:
+    """`fetch`: the pinned upstream into the cache, verified; prints its commit and place."""
     up = _upstream(args, paths)
     print(f"{up.commit} ({up.origin}) in {up.repo}")
 
@@ -107,6 +110,7 @@ def _report_path(paths: Paths, stem: str) -> Path:
 
 
 def cmd_parity(args: argparse.Namespace, paths: Paths) -> None:
+    """`parity`: the kernels, then the built ggml, against reference/; raises ParityError."""
     built = _built(paths, args.backend)
     parity.run_parity(
         built.kernels,
@@ -123,6 +127,7 @@ def cmd_parity(args: argparse.Namespace, paths: Paths) -> None:
 
 
 def cmd_bench(args: argparse.Namespace, paths: Paths) -> None:
+    """`bench`: llama-bench ratios to f16, a JSON report, the KV memory gate."""
     built = _built(paths)
     lock = models.load_lock(paths.repo / "models.toml")
     model = models.ensure_model(paths, lock.model(args.model))
@@ -147,6 +152,8 @@ def cmd_bench(args: argparse.Namespace, paths: Paths) -> None:
 
 
 def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
+    """`perplexity`: the suite of gates.toml (or the options' subset) and its report."""
+
     def names(value: str | None) -> tuple[str, ...] | None:
         return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
@@ -171,6 +178,7 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
 
 
 def cmd_state(args: argparse.Namespace, paths: Paths) -> None:
+    """`state`: the save/restore checks, a table and a JSON report; raises GateFailed."""
     lock = models.load_lock(paths.repo / "models.toml")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if args.configs == "all":
@@ -209,6 +217,7 @@ def cmd_state(args: argparse.Namespace, paths: Paths) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m harness``: one subcommand per stage."""
     top = argparse.ArgumentParser(
         prog="python -m harness",
         description=__doc__,
@@ -355,6 +364,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a HarnessError ends in its message, its hint and its exit code."""
     args = parser().parse_args(argv)
     paths = Paths.default()
     try:

@@ -14,6 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class SdistPin:
+    """The registry sdist that carries upstream offline: package, version, file name, its
+    sha256 (64 hex digits) and the folder inside it that holds llama.cpp."""
+
     package: str
     version: str
     filename: str
@@ -23,6 +26,9 @@ class SdistPin:
 
 @dataclass(frozen=True)
 class UpstreamPin:
+    """upstream.toml: the llama.cpp commit (40 hex digits), its git URL, the sdist that ships
+    it, and the upstream release name."""
+
     commit: str
     git_url: str
     sdist: SdistPin
@@ -30,6 +36,8 @@ class UpstreamPin:
 
 
 def load_pin(path: Path) -> UpstreamPin:
+    """Read and check upstream.toml; raises ConfigError (exit 11) for a missing key or a
+    malformed commit or sha256."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         up = data["upstream"]
@@ -73,6 +81,8 @@ class Paths:
 
     @classmethod
     def default(cls) -> Paths:
+        """This clone, the shared cache (TQH_CACHE_DIR or ~/.cache/turboquant-harness) and
+        build/ (or TQH_BUILD_DIR)."""
         build = os.environ.get("TQH_BUILD_DIR")
         return cls(
             repo=REPO_ROOT,
@@ -82,30 +92,37 @@ class Paths:
 
     @property
     def pin_file(self) -> Path:
+        """upstream.toml of this clone."""
         return self.repo / "upstream.toml"
 
     @property
     def patches(self) -> Path:
+        """The patch series (patches/*.patch and series)."""
         return self.repo / "patches"
 
     @property
     def kernels(self) -> Path:
+        """The kernel sources (C, Metal, CUDA) that the build injects."""
         return self.repo / "kernels"
 
     @property
     def downloads(self) -> Path:
+        """Fetched sdists, shared between clones."""
         return self.cache / "downloads"
 
     @property
     def upstream_repos(self) -> Path:
+        """Verified upstream trees, one per commit, shared between clones."""
         return self.cache / "upstream"
 
     @property
     def locks(self) -> Path:
+        """Lock files that keep two runs from filling one cache entry at once."""
         return self.cache / "locks"
 
     @property
     def ccache(self) -> Path:
+        """The compiler cache, outside the clone so a fresh clone builds from it."""
         return self.cache / "ccache"
 
     @property
@@ -115,4 +132,5 @@ class Paths:
 
     @property
     def logs(self) -> Path:
+        """Full logs of the external commands of this clone's runs."""
         return self.build / "logs"

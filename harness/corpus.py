@@ -26,6 +26,9 @@ from harness.errors import CommandFailed, ModelError, ToolMissing
 
 @dataclass(frozen=True)
 class TextPin:
+    """The pinned text of models.toml: a Debian package (.deb sha256), the member file in
+    it, and the size (bytes) and sha256 of the normalized text the runs use."""
+
     package: str
     version: str
     sha256: str  # of the .deb
@@ -35,11 +38,14 @@ class TextPin:
 
     @property
     def deb_name(self) -> str:
+        """The .deb file name apt-get download writes."""
         return f"{self.package}_{self.version}_all.deb"
 
 
 @dataclass(frozen=True)
 class Text:
+    """The normalized text file in the cache, verified: path, sha256, size in bytes."""
+
     path: Path
     sha256: str
     size: int
@@ -116,6 +122,8 @@ def cut(text: str, size: int) -> bytes:
 
 
 def extract(deb: bytes, pin: TextPin) -> bytes:
+    """The pinned member of ``deb``, gunzipped if needed, normalized and cut to ``pin.size``
+    bytes; raises ModelError when the member is missing."""
     raw = deb_member(deb, pin.member)
     if pin.member.endswith(".gz"):
         raw = gzip.decompress(raw)

@@ -55,10 +55,12 @@ class CacheConfig:
 
     @property
     def name(self) -> str:
+        """``q4_0`` when K and V agree, ``q8_0/turbo3`` otherwise."""
         return self.k if self.k == self.v else f"{self.k}/{self.v}"
 
     @property
     def is_base(self) -> bool:
+        """f16 K and V: the configuration the others are measured against."""
         return self.k == "f16" and self.v == "f16"
 
 
@@ -71,6 +73,8 @@ class ParseError(CommandFailed):
 
 @dataclass(frozen=True)
 class Estimate:
+    """A number llama-perplexity prints as ``value ± error`` (error: one standard error)."""
+
     value: float
     error: float
 
@@ -91,6 +95,7 @@ class KvAllocation:
 
     @property
     def bytes_per_token(self) -> float:
+        """K plus V bytes per cache cell (token), all layers together."""
         return (self.k_mib + self.v_mib) * 2**20 / self.cells
 
     def bits_per_value(self, values_per_token_layer: int) -> float:
@@ -149,6 +154,9 @@ def ppl_change_pct(result: RunResult, f16: RunResult | None) -> float | None:
 
 
 def kv_allocation(text: str, where: str) -> KvAllocation:
+    """The KV allocation llama.cpp logged in ``text`` (its ``llama_kv_cache: size = ...``
+    lines, summed); raises ParseError naming ``where`` when there is none or the types
+    disagree between caches."""
     rows = KV_LINE.findall(text)
     if not rows:
         raise ParseError(f"{where}: no `llama_kv_cache: size = ...` line (run with -lv 4?)")
@@ -255,6 +263,8 @@ class RunSettings:
     ubatch: int | None = None
 
     def common(self, model: Path, text: Path) -> list[str | Path]:
+        """The llama-perplexity command line every run shares (model, text, context of
+        ``ctx`` tokens, ``chunks`` chunks, flash attention on, threads, -ngl, -ub)."""
         # llama-perplexity block-buffers stdout into a pipe, which would hold back the
         # per-chunk rows the progress line counts until the run ends.
         line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
@@ -304,6 +314,9 @@ def build_identity(binary: Path) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class BaseKey:
+    """What the cached f16 base logits depend on: model and text (sha256), the build, the
+    context length and the number of chunks."""
+
     model_sha256: str
     text_sha256: str
     build: dict[str, object]
@@ -311,6 +324,7 @@ class BaseKey:
     chunks: int
 
     def digest(self) -> str:
+        """24 hex digits of the sha256 of the key: the name of its cache entry."""
         blob = json.dumps(self.__dict__, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -414,6 +428,9 @@ class Runner:
     def candidate(
         self, model_name: str, model: Path, text: Path, base: Path, config: CacheConfig
     ) -> RunResult:
+        """One configuration's run with --kl-divergence against the base logits ``base``:
+        PPL, KLD and same-top with their errors, KV bytes per token. Raises CommandFailed
+        when llama-perplexity fails and ParseError when its output lacks a number."""
         log = self.log_dir / f"{model_name}-{config.name.replace('/', '-')}.log"
         cmd = [
             *self.settings.common(model, text),

@@ -29,6 +29,9 @@ from harness.perplexity import BaseKey, CacheConfig, Runner, RunSettings, build_
 
 @dataclass(frozen=True)
 class SuiteOptions:
+    """The perplexity command's options: gates.toml's quick suite or a subset of models and
+    configurations, chunks of 512 tokens, threads, the binary, and the backend."""
+
     quick: bool = False
     models: tuple[str, ...] | None = None
     configs: tuple[str, ...] | None = None
@@ -39,6 +42,7 @@ class SuiteOptions:
 
     @property
     def gpu_layers(self) -> int | None:
+        """-ngl for the backend: None on the CPU, 99 (every layer) on a GPU."""
         # 99 is more layers than any model has: every layer and its KV cache on the GPU.
         return None if self.backend == "cpu" else 99
 

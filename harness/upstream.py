@@ -40,6 +40,8 @@ MARKER = "tqh-complete.json"
 
 
 class FetchMode(Enum):
+    """Where the pinned commit comes from: the registry sdist (offline) or its git URL."""
+
     SDIST = "sdist"
     GIT = "git"
 
@@ -54,6 +56,7 @@ class Upstream:
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB pieces."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
