@@ -162,6 +162,11 @@ def parse_save_load(output: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(passed), tuple(failed)
 
 
+def _cache_args(config: CacheConfig) -> list[str]:
+    """Flash attention on (a quantized V needs it) and ``config``'s K and V cache types."""
+    return ["-fa", "on", "-ctk", config.k, "-ctv", config.v]
+
+
 def run_save_load(
     binary: Path, model: Path, name: str, config: CacheConfig, prompt: Path, log: Path, threads: int
 ) -> SaveLoadResult:
@@ -180,12 +185,7 @@ def run_save_load(
                 # is smaller than PROMPT_TOKENS (common_prompt_batch_decode asserts)
                 "-b",
                 str(CTX),
-                "-fa",
-                "on",
-                "-ctk",
-                config.k,
-                "-ctv",
-                config.v,
+                *_cache_args(config),
                 "-t",
                 str(threads),
             ],
@@ -234,12 +234,7 @@ class Server:
             str(CTX),
             "-np",
             "1",
-            "-fa",
-            "on",
-            "-ctk",
-            config.k,
-            "-ctv",
-            config.v,
+            *_cache_args(config),
             # the whole sliding-window cache is kept, so a restored prompt can be reused
             "--swa-full",
             # no host-memory prompt cache: reuse after a restore comes from the slot alone
@@ -439,12 +434,7 @@ def run_cli_mismatch(
                 "-no-cnv",
                 "--temp",
                 "0",
-                "-fa",
-                "on",
-                "-ctk",
-                config.k,
-                "-ctv",
-                config.v,
+                *_cache_args(config),
                 "--prompt-cache",
                 cache,
                 "-t",
