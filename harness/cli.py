@@ -157,6 +157,11 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
     def names(value: str | None) -> tuple[str, ...] | None:
         return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
+    if args.ctx is not None and args.ctx < 64:
+        raise ConfigError(
+            f"--ctx {args.ctx}: a context needs at least 64 tokens",
+            hint="give --ctx a context length in tokens such as 4096, or leave it out for 512",
+        )
     if args.chunks is not None and args.chunks < 1:
         raise ConfigError(
             f"--chunks {args.chunks}: a run needs at least one chunk",
@@ -170,6 +175,7 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
             models=names(args.models),
             configs=names(args.configs),
             chunks=args.chunks,
+            ctx=args.ctx,
             threads=args.threads,
             binary=args.bin,
             backend=args.backend,
@@ -289,7 +295,14 @@ def parser() -> argparse.ArgumentParser:
         "--configs",
         help="comma-separated KV configurations: TYPE or K/V (e.g. f16,q4_0,q8_0/turbo3)",
     )
-    p.add_argument("--chunks", type=int, help="chunks of 512 tokens per run")
+    p.add_argument("--chunks", type=int, help="chunks (windows of --ctx tokens) per run")
+    p.add_argument(
+        "--ctx",
+        type=int,
+        help="context length in tokens (default 512); llama-perplexity scores the second half "
+        "of each window, so a number rests on chunks x ctx/2 positions; f16 base logits are "
+        "cached per context length",
+    )
     p.add_argument("--threads", type=int, default=2, help="llama-perplexity threads (default 2)")
     p.add_argument(
         "--backend",

@@ -190,6 +190,24 @@ def _chunks(text: str, where: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+TOO_SHORT = re.compile(r"you need at least (\d+) tokens to evaluate perplexity")
+TOKENS = re.compile(r"tokenizes to only (\d+) tokens")
+
+
+def _too_short(text: str, ctx: int) -> None:
+    """Raises ConfigError (exit 11) when llama-perplexity refused a text shorter than two
+    windows of ``ctx`` tokens, naming what was needed and what the text holds."""
+    need = TOO_SHORT.search(text)
+    if need is None:
+        return
+    have = TOKENS.search(text)
+    holds = f"the text holds {have.group(1)}" if have else "the text holds fewer"
+    raise ConfigError(
+        f"a context of {ctx} tokens needs at least {need.group(1)} tokens of text; {holds}",
+        hint="give a smaller --ctx (at most half the text's tokens) or a longer text",
+    )
+
+
 def _unsupported(text: str) -> None:
     if m := UNSUPPORTED.search(text):
         raise CommandFailed(
@@ -377,6 +395,8 @@ class Runner:
         result = proc.run(cmd, log=log, on_line=progress, check=False, quiet=True, what=label)
         seconds = time.monotonic() - start
         progress.progress.done(f"exit {result.returncode}")
+        # llama-perplexity refuses a short text with exit 0, so this is checked first
+        _too_short(result.output, self.settings.ctx)
         if result.returncode != 0:
             _unsupported(result.output)
             tail = "\n".join("    " + t for t in result.output.splitlines()[-15:])

@@ -116,7 +116,9 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
         "",
         f"Text: {report['text']['package']} {report['text']['version']}, "
         f"{report['text']['bytes']} bytes (sha256 {report['text']['sha256'][:12]}); "
-        f"c={s['ctx']}, {s['chunks']} chunk(s), {s['threads']} thread(s), flash attention on. "
+        f"c={s['ctx']}, {s['chunks']} chunk(s) (each number rests on chunks x c/2 = "
+        f"{s['chunks'] * s['ctx'] // 2} scored positions), {s['threads']} thread(s), "
+        "flash attention on. "
         f"Build: {report['build'].get('upstream', '?')[:12]} + series "
         f"{str(report['build'].get('series', '?'))[:12]}. Gates: {gate_file.path.name} "
         f"(sha256 {gate_file.sha256[:12]}). Wall time {report['wall_seconds']:.0f} s.",

@@ -30,12 +30,14 @@ from harness.perplexity import BaseKey, CacheConfig, Runner, RunSettings, build_
 @dataclass(frozen=True)
 class SuiteOptions:
     """The perplexity command's options: gates.toml's quick suite or a subset of models and
-    configurations, chunks of 512 tokens, threads, the binary, and the backend."""
+    configurations, chunks (windows of ``ctx`` tokens, 512 unless given), threads, the
+    binary, and the backend."""
 
     quick: bool = False
     models: tuple[str, ...] | None = None
     configs: tuple[str, ...] | None = None
     chunks: int | None = None
+    ctx: int | None = None  # tokens per window; None: 512
     threads: int = 2
     binary: Path | None = None
     backend: str = "cpu"
@@ -139,6 +141,7 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
     settings = RunSettings(
         binary=binary,
         chunks=options.chunks or suite.chunks,
+        ctx=options.ctx or RunSettings.ctx,
         threads=options.threads,
         gpu_layers=options.gpu_layers,
     )

@@ -45,6 +45,13 @@ def test_chunks_below_one_are_a_config_error(isolated: Path, capsys, chunks: str
     assert code == 11 and f"--chunks {chunks}: a run needs at least one chunk" in err
 
 
+@pytest.mark.parametrize("ctx", ["10", "-512"])
+def test_a_context_below_64_tokens_is_a_config_error(isolated: Path, capsys, ctx: str) -> None:
+    code = cli.main(["perplexity", "--ctx", ctx, "--bin", str(isolated)])
+    err = capsys.readouterr().err
+    assert code == 11 and f"--ctx {ctx}: a context needs at least 64 tokens" in err
+
+
 def test_a_binary_that_cannot_run_is_a_config_error(isolated: Path, capsys) -> None:
     not_executable = isolated.with_name("data.txt")
     not_executable.write_text("not a program\n")

@@ -139,3 +139,32 @@ def test_speed_model_and_its_truncation_load_in_llama_bench(
         assert out.returncode == 0, out.stderr[-2000:]
         assert re.search(log_needle, out.stderr), out.stderr[-2000:]
         assert '"turbo3","turbo3"' in out.stdout
+
+
+def test_the_suite_runs_at_the_context_length_asked_for(built: build_mod.BuildResult) -> None:
+    """--ctx reaches llama-perplexity and the base-logit cache key (issue 12), and a text
+    shorter than two windows is one clear error naming both numbers, exit 11."""
+    import json
+
+    run = [sys.executable, "-m", "harness", "perplexity", "--models", "smollm2-135m"]
+    ok = subprocess.run(
+        [*run, "--configs", "turbo3", "--ctx", "1024", "--chunks", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    data = json.loads((Paths.default().repo / "reports/latest/report.json").read_text())
+    assert data["settings"]["ctx"] == 1024
+    model = data["models"][0]
+    assert model["base"]["key"]["ctx"] == 1024
+    assert {r["ctx"] for r in model["configs"]} == {1024}
+    short = subprocess.run(
+        [*run, "--configs", "turbo3", "--ctx", "8192", "--chunks", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert short.returncode == 11, short.stderr[-3000:]
+    assert "a context of 8192 tokens needs at least 16384 tokens of text" in short.stderr
+    assert "Traceback" not in short.stderr
