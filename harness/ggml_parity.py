@@ -66,6 +66,10 @@ class _CpuTraits(ctypes.Structure):
 
 @dataclass(frozen=True)
 class GgmlCase:
+    """One turbo type through the built ggml: rows whose bytes differ from the reference
+    (from_float_ref, the CPU from_float, ggml_quantize_chunk), rows whose decoded values
+    differ bit for bit, and the largest relative error of vec_dot against the reference."""
+
     name: str
     vectors: int
     mismatched_bytes: int
@@ -74,6 +78,7 @@ class GgmlCase:
 
     @property
     def ok(self) -> bool:
+        """No byte or value differs and vec_dot stays within DOT_RTOL."""
         return (
             self.mismatched_bytes == 0
             and self.mismatched_values == 0
@@ -95,6 +100,9 @@ def _ptr(a: np.ndarray, kind=ctypes.c_void_p):
 
 
 class GgmlLibrary:
+    """The built libggml-base and libggml-cpu loaded with ctypes, with the turbo type ids
+    read from the patched ggml.h."""
+
     def __init__(self, bin_dir: Path, ggml_h: Path) -> None:
         mode = ctypes.RTLD_GLOBAL
         self.base = ctypes.CDLL(str(parity.library_file(bin_dir, "ggml-base")), mode=mode)
@@ -118,6 +126,8 @@ class GgmlLibrary:
         self.ids = turbo_type_ids(ggml_h)
 
     def check(self, fmt: ref.Format, y: np.ndarray, name: str) -> GgmlCase:
+        """Push rows ``y`` (rows x block floats) through every path of ``fmt``'s type traits
+        and compare with reference/; the vec_dot check uses up to 2,000 pairs of blocks."""
         tid = self.ids[fmt.name]
         traits = self.base.ggml_get_type_traits(tid).contents
         cpu = self.cpu.ggml_get_type_traits_cpu(tid).contents

@@ -145,6 +145,8 @@ class Kernels:
             raise ParityError(f"{what} rejected a valid row (return code {rc})")
 
     def encode(self, path: str, fmt: Format, y: np.ndarray) -> np.ndarray:
+        """Encode rows ``y`` (vectors x block floats) through ``path``: vectors x nbytes
+        bytes. Raises ParityError when the native code rejects a valid row."""
         y = np.ascontiguousarray(y, np.float32)
         out = np.empty((y.shape[0], fmt.nbytes), np.uint8)
         self._call(
@@ -159,6 +161,7 @@ class Kernels:
         return out
 
     def decode(self, path: str, fmt: Format, blocks: np.ndarray) -> np.ndarray:
+        """Decode blocks (vectors x nbytes bytes) through ``path``: vectors x block floats."""
         blocks = np.ascontiguousarray(blocks, np.uint8)
         out = np.empty((blocks.shape[0], fmt.block), np.float32)
         self._call(
@@ -173,6 +176,7 @@ class Kernels:
         return out
 
     def rotate(self, path: str, direction: str, x: np.ndarray) -> np.ndarray:
+        """Rotate rows ``x`` (vectors x block floats) forward or back through ``path``."""
         out = np.array(x, np.float32, order="C")
         self._call(
             self.rotators[path, direction],
@@ -358,6 +362,9 @@ def _special_rows(rng: np.random.Generator, n: int, values: Iterable[float]) -> 
 
 @cache
 def adversarial_rows(fmt: Format) -> dict[str, np.ndarray]:
+    """Named sets of rows (rows x block floats) at the contract's edges: zeros and signed
+    zeros, exact and near ties at codebook midpoints, subnormals, huge and tiny values, NaN,
+    infinities, constant and one-hot rows, and random bit patterns."""
     n = fmt.block
     rng = _rng(fmt.bits, n, 99)
     f32 = np.float32
@@ -509,6 +516,7 @@ def matches(name: str, pattern: str | None) -> bool:
 
 
 def select(specs: Iterable[CaseSpec], pattern: str | None) -> Iterator[CaseSpec]:
+    """The cases whose name matches the glob ``pattern`` (all when it is None)."""
     return (spec for spec in specs if matches(spec.name, pattern))
 
 
@@ -535,6 +543,9 @@ def _max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass
 class CaseResult:
+    """One case checked: vectors, mismatched vectors in all and per path, the largest
+    |native - reference| and the squared error for the MSE column."""
+
     name: str
     op: Op
     block: int
@@ -619,6 +630,7 @@ class FormatRow:
     stats_rows: int = field(default=0, repr=False)
 
     def add(self, r: CaseResult) -> None:
+        """Fold one case into the format's totals and its MSE."""
         self.vectors += r.vectors
         self.mismatches += r.mismatched_vectors
         self.max_abs_error = max(self.max_abs_error, r.max_abs_error)
@@ -629,6 +641,7 @@ class FormatRow:
 
 
 def format_table(rows: list[FormatRow]) -> str:
+    """The per-format table: vectors, mismatches, max |Δ|, MSE against theory."""
     head = (
         f"{'format':<10} {'block':>5} {'vectors':>9} {'mismatches':>10} {'max |Δ|':>8} "
         f"{'MSE':>9} {'theory':>9} {'ratio':>6}"
@@ -678,6 +691,9 @@ def run_checks(
 
 @dataclass(frozen=True)
 class BenchRow:
+    """One throughput measurement on one core: GB/s of float32 data through a path, and
+    the ratio to memcpy of the same buffer measured beside it."""
+
     path: str
     format: str
     block: int
@@ -705,6 +721,7 @@ def run_bench(bin_dir: Path, *, mib: float = BENCH_MIB, seconds: float = 0.3) ->
 
 
 def format_bench(rows: list[BenchRow], mib: float = BENCH_MIB) -> str:
+    """The throughput table, GB/s and x memcpy per format, block and op."""
     lines = [
         f"throughput on one core, {mib:g} MiB of float32 per call, {rows[0].path} path; "
         "GB/s of float32 data, x memcpy = ratio to memcpy of the same buffer",

@@ -270,6 +270,9 @@ def parse_kld(text: str, config: str, where: str = "llama-perplexity") -> RunRes
 
 @dataclass(frozen=True)
 class RunSettings:
+    """How every llama-perplexity run of a suite is made: the binary, context length in
+    tokens, chunks, threads, and the optional -ngl and -ub."""
+
     binary: Path
     ctx: int = 512
     chunks: int = 8

@@ -45,9 +45,11 @@ class Progress:
 
     @property
     def elapsed(self) -> float:
+        """Seconds since the step started."""
         return time.monotonic() - self._start
 
     def ninja(self, line: str) -> None:
+        """Feed one line of ninja's output; its ``[n/m]`` moves the bar and the ETA."""
         m = NINJA_STEP.match(line)
         if not m:
             return
@@ -70,6 +72,7 @@ class Progress:
         )
 
     def done(self, summary: str) -> None:
+        """End the line with ``summary`` and the step's time in seconds."""
         if self._shown:
             self.stream.write("\n")
         self.stream.write(f"{self.label}: {summary} in {time.monotonic() - self._start:.1f} s\n")

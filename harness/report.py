@@ -22,6 +22,9 @@ from harness.perplexity import CacheConfig, RunResult, ppl_change_pct
 
 @dataclass
 class ModelReport:
+    """One model's part of a perplexity report: its pin and GGUF metadata, the configurations
+    run, their results or failures, the gate outcomes, and the base-logit cache key."""
+
     pin: ModelPin
     info: ModelInfo
     configs: list[str]
@@ -33,6 +36,7 @@ class ModelReport:
 
 
 def new_dir(root: Path) -> Path:
+    """A new folder ``root``/<UTC time> (with -2, -3 ... for runs in the same second)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = root / stamp
     n = 1
@@ -44,6 +48,7 @@ def new_dir(root: Path) -> Path:
 
 
 def link_latest(root: Path, target: Path) -> Path:
+    """Point ``root``/latest at ``target``, replacing the old link in one rename."""
     latest = root / "latest"
     tmp = root / ".latest.tmp"
     if tmp.is_symlink() or tmp.exists():
@@ -110,6 +115,8 @@ def _stored_as(config: str, r: RunResult) -> str:
 
 
 def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateFile) -> str:
+    """report.md: the settings, then per model a table of PPL, KLD and same-top with their
+    errors, bits per value and KV bytes, and the gate outcomes."""
     s = report["settings"]
     out = [
         f"# Perplexity and KL divergence, {report['created']}",
@@ -213,6 +220,7 @@ def _beats_q4_0(m: ModelReport, gate_file: GateFile) -> str:
 
 
 def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> list[Path]:
+    """kld-vs-bits.png and ppl.png in ``directory`` (matplotlib); their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,6 +341,7 @@ def write(
     models: list[ModelReport],
     gate_file: GateFile,
 ) -> dict[str, Any]:
+    """report.json, report.md and the plots in ``directory``; returns the JSON data."""
     report = dict(header)
     report["models"] = [
         {

@@ -59,14 +59,17 @@ class SpeedShape:
 
     @property
     def n_head(self) -> int:
+        """Query heads: n_embd / head_dim."""
         return self.n_embd // self.head_dim
 
     @property
     def n_head_kv(self) -> int:
+        """KV heads: query heads / GQA ratio."""
         return self.n_head // self.gqa
 
     @property
     def kv_bytes_per_token(self) -> int:
+        """Bytes of an f16 KV cache per token: K and V, every layer and KV head."""
         return 2 * self.n_layer * self.n_head_kv * self.head_dim * 2
 
     def __post_init__(self) -> None:
@@ -186,6 +189,7 @@ def truncate_layers(src: Path, out: Path, n_layer: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.speed_model tokenizer|write|truncate ...``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m harness.speed_model", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("tokenizer", help="copy a GGUF's tokenizer into gzipped JSON")
