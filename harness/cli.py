@@ -176,6 +176,7 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
             configs=names(args.configs),
             chunks=args.chunks,
             ctx=args.ctx,
+            long_text=args.text == "long",
             threads=args.threads,
             binary=args.bin,
             backend=args.backend,
@@ -302,6 +303,13 @@ def parser() -> argparse.ArgumentParser:
         help="context length in tokens (default 512); llama-perplexity scores the second half "
         "of each window, so a number rests on chunks x ctx/2 positions; f16 base logits are "
         "cached per context length",
+    )
+    p.add_argument(
+        "--text",
+        choices=["pinned", "long"],
+        default="pinned",
+        help="pinned: the first 32 KB of the GNU Coding Standards (7,516 SmolLM2 tokens); "
+        "long: all of it (212 KB, about 48K tokens), for --ctx beyond 3,758",
     )
     p.add_argument("--threads", type=int, default=2, help="llama-perplexity threads (default 2)")
     p.add_argument(

@@ -52,10 +52,12 @@ class ModelPin:
 
 @dataclass(frozen=True)
 class Lock:
-    """models.toml: the pinned models and the pinned text."""
+    """models.toml: the pinned models, the pinned text, and the long text (the same
+    package's whole text) for long contexts, None where models.toml has no [long_text]."""
 
     models: tuple[ModelPin, ...]
     text: TextPin
+    long_text: TextPin | None = None
 
     def model(self, name: str) -> ModelPin:
         """The model called ``name``; raises ConfigError (exit 11) listing the known ones."""
@@ -71,6 +73,17 @@ def _hex64(value: str, where: str) -> str:
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise ConfigError(f"{where} must be 64 hex digits")
     return value
+
+
+def _text_pin(t: dict[str, Any], where: str) -> TextPin:
+    return TextPin(
+        package=t["package"],
+        version=t["version"],
+        sha256=_hex64(t["sha256"], f"{where} sha256"),
+        member=t["member"],
+        size=int(t["size"]),
+        text_sha256=_hex64(t["text_sha256"], f"{where} text_sha256"),
+    )
 
 
 def load_lock(path: Path) -> Lock:
@@ -97,14 +110,9 @@ def load_lock(path: Path) -> Lock:
             )
             for m in data["model"]
         )
-        t = data["text"]
-        text = TextPin(
-            package=t["package"],
-            version=t["version"],
-            sha256=_hex64(t["sha256"], f"{path}: text sha256"),
-            member=t["member"],
-            size=int(t["size"]),
-            text_sha256=_hex64(t["text_sha256"], f"{path}: text text_sha256"),
+        text = _text_pin(data["text"], f"{path}: text")
+        long_text = (
+            _text_pin(data["long_text"], f"{path}: long_text") if "long_text" in data else None
         )
     except (OSError, KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as exc:
         if isinstance(exc, ConfigError):
@@ -112,7 +120,7 @@ def load_lock(path: Path) -> Lock:
         raise ConfigError(f"cannot read the model lock {path}: {exc!r}") from exc
     if not models:
         raise ConfigError(f"{path} pins no model")
-    return Lock(models, text)
+    return Lock(models, text, long_text)
 
 
 def _download(paths: Paths, wheels: list[Wheel], directory: Path) -> None:

@@ -38,6 +38,7 @@ class SuiteOptions:
     configs: tuple[str, ...] | None = None
     chunks: int | None = None
     ctx: int | None = None  # tokens per window; None: 512
+    long_text: bool = False  # models.toml's [long_text] instead of [text]
     threads: int = 2
     binary: Path | None = None
     backend: str = "cpu"
@@ -145,7 +146,15 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
         threads=options.threads,
         gpu_layers=options.gpu_layers,
     )
-    text = corpus.ensure_text(paths, lock.text)
+    text_pin = lock.text
+    if options.long_text:
+        if lock.long_text is None:
+            raise ConfigError(
+                "--text long: models.toml pins no [long_text]",
+                hint="add a [long_text] table to models.toml, or leave --text out",
+            )
+        text_pin = lock.long_text
+    text = corpus.ensure_text(paths, text_pin)
     identity = build_identity(binary)
     version = _version(binary)
 
@@ -209,10 +218,10 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
                 "edited": _gates_edited(paths, gate_file.path),
             },
             "text": {
-                "package": lock.text.package,
-                "version": lock.text.version,
-                "deb_sha256": lock.text.sha256,
-                "member": lock.text.member,
+                "package": text_pin.package,
+                "version": text_pin.version,
+                "deb_sha256": text_pin.sha256,
+                "member": text_pin.member,
                 "sha256": text.sha256,
                 "bytes": text.size,
             },

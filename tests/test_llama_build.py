@@ -142,13 +142,14 @@ def test_speed_model_and_its_truncation_load_in_llama_bench(
 
 
 def test_the_suite_runs_at_the_context_length_asked_for(built: build_mod.BuildResult) -> None:
-    """--ctx reaches llama-perplexity and the base-logit cache key (issue 12), and a text
-    shorter than two windows is one clear error naming both numbers, exit 11."""
+    """--ctx reaches llama-perplexity and the base-logit cache key, --text long runs on the
+    whole pinned text (issue 12), and a text shorter than two windows is one clear error
+    naming both numbers, exit 11."""
     import json
 
     run = [sys.executable, "-m", "harness", "perplexity", "--models", "smollm2-135m"]
     ok = subprocess.run(
-        [*run, "--configs", "turbo3", "--ctx", "1024", "--chunks", "1"],
+        [*run, "--configs", "turbo3", "--text", "long", "--ctx", "1024", "--chunks", "1"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -156,6 +157,8 @@ def test_the_suite_runs_at_the_context_length_asked_for(built: build_mod.BuildRe
     assert ok.returncode == 0, ok.stderr[-3000:]
     data = json.loads((Paths.default().repo / "reports/latest/report.json").read_text())
     assert data["settings"]["ctx"] == 1024
+    # the whole GNU Coding Standards of [long_text], verified against its pin
+    assert data["text"]["bytes"] == 212048
     model = data["models"][0]
     assert model["base"]["key"]["ctx"] == 1024
     assert {r["ctx"] for r in model["configs"]} == {1024}

@@ -23,6 +23,10 @@ def test_lock_pins_both_models_and_the_text() -> None:
     assert all(p.endswith(f".part0{i}") for i, p in enumerate(parts))
     with pytest.raises(ConfigError, match="no model named"):
         lock.model("llama-70b")
+    # the long text is the same package's whole text, a larger cut of the same member
+    assert lock.long_text is not None
+    assert (lock.long_text.package, lock.long_text.member) == (lock.text.package, lock.text.member)
+    assert lock.long_text.size > lock.text.size
 
 
 def test_lock_rejects_a_short_hash(tmp_path: Path) -> None:
