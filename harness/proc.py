@@ -45,6 +45,19 @@ def which(tool: str) -> Path:
     return Path(found)
 
 
+def _program(cmd: Sequence[str | os.PathLike[str]], what: str | None) -> tuple[str, ...]:
+    """``cmd`` as strings; raises ToolMissing when its program is neither on PATH nor a file."""
+    args = tuple(os.fspath(c) for c in cmd)
+    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
+        raise ToolMissing(f"`{args[0]}` is not on PATH (needed to {what or 'run ' + quote(args)})")
+    return args
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The child's environment: ours plus ``env``; None (inherit ours) when there is none."""
+    return None if env is None else {**os.environ, **env}
+
+
 def run(
     cmd: Sequence[str | os.PathLike[str]],
     *,
@@ -62,12 +75,10 @@ def run(
     ``log`` receives the command line and the whole output (appended, so one log can hold
     a sequence of steps). ``what`` names the step in the error message.
     """
-    args = tuple(os.fspath(c) for c in cmd)
-    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
-        raise ToolMissing(f"`{args[0]}` is not on PATH (needed to {what or 'run ' + quote(args)})")
+    args = _program(cmd, what)
     if not quiet:
         print(f"$ {quote(args)}", file=sys.stderr, flush=True)
-    full_env = None if env is None else {**os.environ, **env}
+    full_env = _environment(env)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     lines: list[str] = []
     log_fh = None
@@ -123,9 +134,7 @@ def started(
     out it is terminated, and killed if it has not stopped after ``stop_after_s`` seconds.
     Raises ToolMissing as ``run`` does; the caller checks ``poll()`` to see whether it died
     early."""
-    args = tuple(os.fspath(c) for c in cmd)
-    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
-        raise ToolMissing(f"`{args[0]}` is not on PATH (needed to {what})")
+    args = _program(cmd, what)
     print(f"$ {quote(args)} &", file=sys.stderr, flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as log_fh:
@@ -134,7 +143,7 @@ def started(
         child = subprocess.Popen(
             args,
             cwd=cwd,
-            env=None if env is None else {**os.environ, **env},
+            env=_environment(env),
             stdout=log_fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
