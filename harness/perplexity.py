@@ -24,8 +24,9 @@ from pathlib import Path
 from harness import proc
 from harness.build import STAMP
 from harness.config import Paths
-from harness.errors import CommandFailed, ConfigError
+from harness.errors import CommandFailed, ConfigError, ModelError
 from harness.lock import exclusive
+from harness.models import ModelInfo
 from harness.progress import Progress
 
 # llama-perplexity logs the KV-cache allocation only at verbosity 4; the gates need it.
@@ -141,6 +142,8 @@ class RunResult:
     rms_dp: Estimate | None = None
     same_top_p: Estimate | None = None
     seconds: float = 0.0
+    # base runs only: the model as llama.cpp described it (None where the log lacks it)
+    model: LoggedModel | None = None
 
 
 def ppl_change_pct(result: RunResult, f16: RunResult | None) -> float | None:
@@ -208,6 +211,183 @@ def _too_short(text: str, ctx: int) -> None:
     )
 
 
+PRINT_INFO = re.compile(r"print_info: (\S.*?)\s+= (.*?)\s*$", re.M)
+
+
+def _ints(value: str, key: str, where: str) -> tuple[int, ...]:
+    """``9`` -> (9,); ``[4, 4, 0]`` (llama.cpp's per-layer form, printed when layers differ)
+    -> (4, 4, 0). Raises ParseError for anything else."""
+    try:
+        return tuple(int(v) for v in value.strip("[]").split(","))
+    except ValueError:
+        raise ParseError(f"{where}: print_info {key} = {value!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """The model as llama.cpp described it in its ``print_info:`` lines (llama_model's
+    hyperparameters, after loading): architecture, layers, query heads, KV heads and GQA
+    ratio (n_head / n_head_kv) as llama.cpp printed them, one number or, where layers differ,
+    one per layer; head sizes of K and V in values; trained context and sliding window in
+    tokens (0: none); vocabulary size in tokens; and the name, file type and file size as
+    printed (None where the log has no such line)."""
+
+    architecture: str
+    layers: int
+    n_head: tuple[int, ...]
+    n_head_kv: tuple[int, ...]
+    n_gqa: tuple[int, ...]
+    head_dim_k: int
+    head_dim_v: int
+    context_length: int
+    sliding_window: int
+    vocab_size: int | None
+    name: str | None
+    file_type: str | None
+    file_size: str | None
+
+    def info(self, fallback_name: str) -> ModelInfo:
+        """The same facts as the ModelInfo the report and the KV arithmetic use (the first
+        layer's head counts where they vary by layer, as ``models.read_info`` does);
+        ``fallback_name`` where llama.cpp logged no general.name."""
+        return ModelInfo(
+            name=self.name or fallback_name,
+            architecture=self.architecture,
+            layers=self.layers,
+            n_head=self.n_head[0],
+            n_head_kv=self.n_head_kv[0],
+            head_dim_k=self.head_dim_k,
+            head_dim_v=self.head_dim_v,
+            context_length=self.context_length,
+            sliding_window=self.sliding_window or None,
+            vocab_size=self.vocab_size,
+        )
+
+
+def logged_model(text: str, where: str = "llama-perplexity") -> LoggedModel | None:
+    """The ``print_info:`` lines of a llama.cpp log as a LoggedModel (the first line of each
+    key counts); None when the log has no ``print_info: arch`` line. Raises ParseError when
+    it has one but lacks a line the model description needs."""
+    found: dict[str, str] = {}
+    for key, value in PRINT_INFO.findall(text):
+        found.setdefault(key, value)
+    if "arch" not in found:
+        return None
+
+    def need(key: str) -> str:
+        if key not in found:
+            raise ParseError(f"{where}: no `print_info: {key} = ...` line")
+        return found[key]
+
+    vocab = found.get("n_vocab")
+    return LoggedModel(
+        architecture=found["arch"],
+        layers=int(need("n_layer")),
+        n_head=_ints(need("n_head"), "n_head", where),
+        n_head_kv=_ints(need("n_head_kv"), "n_head_kv", where),
+        n_gqa=_ints(need("n_gqa"), "n_gqa", where),
+        head_dim_k=int(need("n_embd_head_k")),
+        head_dim_v=int(need("n_embd_head_v")),
+        context_length=int(need("n_ctx_train")),
+        sliding_window=int(found.get("n_swa", "0")),
+        vocab_size=int(vocab) if vocab is not None else None,
+        name=found.get("general.name"),
+        file_type=found.get("file type"),
+        file_size=found.get("file size"),
+    )
+
+
+# Values per block of the KV cache types: with flash attention, llama.cpp refuses a
+# quantized type whose block does not divide the head size (llama_init_from_model). Turbo
+# types hold 128 values a block; on heads that are not a multiple of 128 but are of 64,
+# patch 0003 switches to the block-64 variant unless LLAMA_TURBO_BLOCK64=0.
+BLOCK_VALUES = {
+    **{t: 1 for t in ("f32", "f16", "bf16")},
+    **{t: 32 for t in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")},
+    **{f"turbo{b}": 128 for b in (2, 3, 4, 5)},
+    **{f"turbo{b}_64": 64 for b in (2, 3, 4, 5)},
+}
+
+
+def block64_allowed(env: dict[str, str] | None = None) -> bool:
+    """Whether llama.cpp may switch a turbo type to its block-64 variant: LLAMA_TURBO_BLOCK64
+    unset, or an integer other than 0 (read like C's atoi, as patch 0003 reads it)."""
+    value = (os.environ if env is None else env).get("LLAMA_TURBO_BLOCK64")
+    if value is None:
+        return True
+    m = re.match(r"\s*[-+]?\d+", value)
+    return m is not None and int(m.group()) != 0
+
+
+def head_size_refusal(config: CacheConfig, info: ModelInfo, block64: bool) -> str | None:
+    """Why llama.cpp (flash attention on) will refuse ``config`` on a model whose heads hold
+    ``info.head_dim_k`` K and ``info.head_dim_v`` V values, in words naming the head size;
+    None when it can take it, or when the harness does not know the type's block size (then
+    llama.cpp decides, and its refusal ends in HeadSizeRefused all the same)."""
+    problems: dict[str, list[str]] = {}  # what is wrong -> "K", "V" or both
+    for which, cache_type, head in (
+        ("K", config.k, info.head_dim_k),
+        ("V", config.v, info.head_dim_v),
+    ):
+        block = BLOCK_VALUES.get(cache_type)
+        if block is None or head % block == 0:
+            continue
+        if cache_type.startswith("turbo") and not cache_type.endswith("_64"):
+            if head % 64 == 0 and block64:
+                continue  # llama.cpp stores the block-64 variant
+            if head % 64 == 0:
+                problem = (
+                    f"heads of {head} values are not a multiple of 128 ({cache_type}), and "
+                    "LLAMA_TURBO_BLOCK64=0 turns off its block-64 variant"
+                )
+            else:
+                problem = (
+                    f"heads of {head} values are not a multiple of 64 or 128 "
+                    f"({cache_type}_64 and {cache_type} blocks)"
+                )
+        else:
+            problem = f"heads of {head} values are not a multiple of {block} ({cache_type} blocks)"
+        problems.setdefault(problem, []).append(which)
+    return "; ".join(f"{' and '.join(w)} {p}" for p, w in problems.items()) or None
+
+
+class HeadSizeRefused(ConfigError):
+    """llama.cpp refused a KV cache type whose blocks do not divide the model's heads."""
+
+
+BLOCK_REFUSED = re.compile(
+    r"([KV]) cache type (\S+) with block size (\d+) does not divide n_embd_head_[kv]=(\d+)"
+)
+LOAD_FAILED = re.compile(r"error loading model: (.+)")
+GGUF_FAILED = re.compile(r"gguf_init_from_\w+: (.+)")
+
+
+def _refused(text: str, label: str) -> None:
+    """Raises HeadSizeRefused (exit 11) when llama.cpp refused a cache type by head size."""
+    if m := BLOCK_REFUSED.search(text):
+        which, cache_type, block, head = m.groups()
+        raise HeadSizeRefused(
+            f"{label}: llama.cpp refuses a {which} cache of {cache_type}: {which} heads of "
+            f"{head} values are not a multiple of its {block}-value blocks",
+            hint="measure the configurations this model can take (--configs)",
+        )
+
+
+def _load_failed(text: str, model: Path) -> None:
+    """Raises ModelError (exit 22) when llama.cpp could not load ``model``, with its reason."""
+    m = LOAD_FAILED.search(text)
+    if m is None:
+        return
+    # A truncated header says why in gguf's own line; the loader only says that it failed.
+    detail = GGUF_FAILED.search(text)
+    reason = detail.group(1) if detail and "failed to load model" in m.group(1) else m.group(1)
+    raise ModelError(
+        f"llama.cpp cannot load {model}: {reason.strip()}",
+        hint="the file is truncated or corrupt, or needs a newer llama.cpp than the pinned one: "
+        "compare its size and sha256 with where it came from, or download it again",
+    )
+
+
 def _unsupported(text: str) -> None:
     if m := UNSUPPORTED.search(text):
         raise CommandFailed(
@@ -231,6 +411,7 @@ def parse_base(text: str, config: str = "f16", where: str = "llama-perplexity") 
         ppl=Estimate(float(m.group(1)), float(m.group(2))),
         kv=kv_allocation(text, where),
         rotation=_rotation(text),
+        model=logged_model(text, where),
     )
 
 
@@ -386,7 +567,13 @@ class Runner:
         self.log_dir = log_dir
         self.seconds_per_chunk: float | None = None
 
-    def _run(self, label: str, log: Path, cmd: Sequence[str | Path]) -> tuple[str, float]:
+    def _run(
+        self, label: str, log: Path, cmd: Sequence[str | Path], model: Path
+    ) -> tuple[str, float]:
+        """Run ``cmd`` (a llama-perplexity run on ``model``) with a progress line; its output
+        and seconds. Raises ConfigError for a text too short for the context, ModelError when
+        llama.cpp cannot load ``model``, HeadSizeRefused when it refuses a cache type by head
+        size, CommandFailed for any other non-zero exit."""
         log.unlink(missing_ok=True)
         expected = (
             None
@@ -402,6 +589,8 @@ class Runner:
         _too_short(result.output, self.settings.ctx)
         if result.returncode != 0:
             _unsupported(result.output)
+            _load_failed(result.output, model)
+            _refused(result.output, label)
             tail = "\n".join("    " + t for t in result.output.splitlines()[-15:])
             raise CommandFailed(
                 f"{label}: llama-perplexity exited {result.returncode}\n{tail}\n  full log: {log}"
@@ -412,7 +601,9 @@ class Runner:
     def base(
         self, model_name: str, model: Path, text: Path, key: BaseKey
     ) -> tuple[Path, RunResult, bool]:
-        """The f16 base logits for this key, its run, and whether they came from the cache."""
+        """The f16 base logits for this key, its run (with the model as llama.cpp logged it),
+        and whether they came from the cache. A run that fails leaves nothing in the cache.
+        Raises what ``_run`` raises, and ParseError for output without a final estimate."""
         # The cache is shared by every clone: one run writes (or evicts) a base at a time.
         with exclusive(self.paths.locks / "kld-base.lock"):
             return self._base(model_name, model, text, key)
@@ -439,10 +630,15 @@ class Runner:
             "--kl-divergence-base",
             tmp / "base.kld",
         ]
-        output, seconds = self._run(f"{model_name} f16 (base)", log, cmd)
-        result = parse_base(output, where=str(log))
-        shutil.copyfile(log, tmp / "base.log")
-        (tmp / "key.json").write_text(json.dumps(key.__dict__, indent=1), encoding="utf-8")
+        try:
+            output, seconds = self._run(f"{model_name} f16 (base)", log, cmd, model)
+            result = parse_base(output, where=str(log))
+            shutil.copyfile(log, tmp / "base.log")
+            (tmp / "key.json").write_text(json.dumps(key.__dict__, indent=1), encoding="utf-8")
+        except BaseException:
+            # a refused text or model, a crash or Ctrl-C: nothing of this run stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(entry, ignore_errors=True)
         tmp.rename(entry)
         evict_bases(self.paths.cache / "kld-base", keep=entry)
@@ -453,7 +649,8 @@ class Runner:
     ) -> RunResult:
         """One configuration's run with --kl-divergence against the base logits ``base``:
         PPL, KLD and same-top with their errors, KV bytes per token. Raises CommandFailed
-        when llama-perplexity fails and ParseError when its output lacks a number."""
+        when llama-perplexity fails, ParseError when its output lacks a number, and
+        HeadSizeRefused when llama.cpp refuses the cache type for the model's head size."""
         log = self.log_dir / f"{model_name}-{config.name.replace('/', '-')}.log"
         cmd = [
             *self.settings.common(model, text),
@@ -465,7 +662,7 @@ class Runner:
             "-ctv",
             config.v,
         ]
-        output, seconds = self._run(f"{model_name} {config.name}", log, cmd)
+        output, seconds = self._run(f"{model_name} {config.name}", log, cmd, model)
         return replace(parse_kld(output, config.name, where=str(log)), seconds=seconds)
 
 

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from harness.errors import CommandFailed, ConfigError
-from harness.perplexity import CacheConfig, ParseError, parse_base, parse_kld
+from harness.models import ModelInfo
+from harness.perplexity import (
+    CacheConfig,
+    ParseError,
+    block64_allowed,
+    head_size_refusal,
+    logged_model,
+    parse_base,
+    parse_kld,
+)
 
 DATA = Path(__file__).parent / "data" / "perplexity"
 
@@ -111,3 +120,77 @@ def test_config_names() -> None:
     for bad in ("", "a/b/c", "/q4_0", "turbo3/"):
         with pytest.raises(ConfigError, match="cannot read the KV configuration"):
             CacheConfig.parse(bad)
+
+
+def test_the_model_as_llama_cpp_logged_it() -> None:
+    """print_info lines of a real base run on SmolLM2 (issue 12: the report records them)."""
+    m = parse_base(read("smollm2-135m-f16-base.log")).model
+    assert m is not None
+    assert (m.architecture, m.layers, m.n_head, m.n_head_kv, m.n_gqa) == (
+        "llama",
+        30,
+        (9,),
+        (3,),
+        (3,),
+    )
+    assert (m.head_dim_k, m.head_dim_v, m.context_length, m.sliding_window) == (64, 64, 8192, 0)
+    assert (m.vocab_size, m.file_type) == (49152, "Q4_1")
+    info = m.info("fallback")
+    assert (info.name, info.n_head, info.n_head_kv, info.kv_values_per_token) == (
+        "Smollm2 135M 8k Lc100K Mix1 Ep2",
+        9,
+        3,
+        384,
+    )
+    # candidate runs do not carry it; a log without print_info lines has none
+    assert parse_kld(read("smollm2-135m-q8_0.log"), "q8_0").model is None
+    assert logged_model(read("turbo3-unsupported.log")) is None
+
+
+def test_per_layer_head_counts_and_a_missing_line() -> None:
+    """llama.cpp prints a list where layers differ (e.g. recurrent layers with no KV heads)."""
+    text = read("smollm2-135m-f16-base.log")
+    varied = re.sub(r"(print_info: n_head_kv +=) 3", r"\1 [3, 3, 0]", text)
+    m = logged_model(varied)
+    assert m is not None and m.n_head_kv == (3, 3, 0) and m.info("x").n_head_kv == 3
+    no_heads = re.sub(r".*print_info: n_embd_head_k .*\n", "", text)
+    with pytest.raises(ParseError, match="n_embd_head_k"):
+        logged_model(no_heads, where="base.log")
+
+
+def _heads(k: int, v: int) -> ModelInfo:
+    return ModelInfo("m", "llama", 2, 4, 2, k, v, 4096, None, 100)
+
+
+@pytest.mark.parametrize(
+    ("config", "k", "v", "block64", "says"),
+    [
+        ("turbo3", 128, 128, True, None),
+        ("turbo3", 256, 256, False, None),
+        ("turbo3", 64, 64, True, None),  # llama.cpp stores turbo3_64
+        ("turbo3", 64, 64, False, "K and V heads of 64 values are not a multiple of 128 (turbo3)"),
+        ("turbo3", 96, 96, True, "K and V heads of 96 values are not a multiple of 64 or 128"),
+        ("q8_0/turbo4", 96, 96, True, "V heads of 96 values are not a multiple of 64 or 128"),
+        ("q4_0", 96, 96, True, None),
+        ("q4_0", 80, 80, True, "K and V heads of 80 values are not a multiple of 32 (q4_0"),
+        ("f16", 80, 80, True, None),
+        ("turbo5/turbo3", 128, 96, True, "V heads of 96 values"),
+        ("turbo3_64", 64, 64, False, None),
+    ],
+)
+def test_which_configurations_a_head_size_allows(
+    config: str, k: int, v: int, block64: bool, says: str | None
+) -> None:
+    why = head_size_refusal(CacheConfig.parse(config), _heads(k, v), block64)
+    if says is None:
+        assert why is None
+    else:
+        assert why is not None and why.startswith(says), why
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"), [(None, True), ("1", True), ("0", False), ("00", False), ("x", False)]
+)
+def test_llama_turbo_block64_is_read_like_atoi(value: str | None, allowed: bool) -> None:
+    env = {} if value is None else {"LLAMA_TURBO_BLOCK64": value}
+    assert block64_allowed(env) is allowed

@@ -1,0 +1,105 @@
+"""How a llama-perplexity run that llama.cpp refuses ends: one typed error, nothing cached.
+
+A stand-in binary replays real llama-perplexity output (tests/data/perplexity) with its
+exit code, so each refusal is checked against the words the pinned llama.cpp prints.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import Paths
+from harness.errors import ConfigError, ModelError
+from harness.perplexity import BaseKey, CacheConfig, HeadSizeRefused, Runner, RunSettings
+
+DATA = Path(__file__).parent / "data" / "perplexity"
+
+REPLAY = f"""#!{sys.executable}
+import os, sys
+print(open(os.environ["REPLAY_LOG"], encoding="utf-8").read())
+sys.exit(int(os.environ["REPLAY_EXIT"]))
+"""
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Runner:
+    binary = tmp_path / "bin" / "llama-perplexity"
+    binary.parent.mkdir()
+    binary.write_text(REPLAY)
+    binary.chmod(0o755)
+    paths = Paths(repo=tmp_path, cache=tmp_path / "cache", build=tmp_path / "build")
+    return Runner(paths, RunSettings(binary=binary, ctx=128, chunks=2), tmp_path / "logs")
+
+
+def _replay(monkeypatch: pytest.MonkeyPatch, log: str, exit_code: int) -> None:
+    monkeypatch.setenv("REPLAY_LOG", str(DATA / log))
+    monkeypatch.setenv("REPLAY_EXIT", str(exit_code))
+
+
+KEY = BaseKey("a" * 64, "b" * 64, {"build": "test"}, 128, 2)
+
+
+def _left_in_cache(runner: Runner) -> list[str]:
+    root = runner.paths.cache / "kld-base"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+@pytest.mark.parametrize(
+    ("log", "says"),
+    [
+        (
+            "model-truncated.log",
+            "llama.cpp cannot load /m.gguf: tensor 'blk.16.ffn_down.weight' data is not within "
+            "the file bounds, model is corrupted or incomplete",
+        ),
+        # the loader only says it failed; gguf's own line says why
+        ("model-header-truncated.log", "llama.cpp cannot load /m.gguf: failed to read key-value"),
+    ],
+)
+def test_a_model_llama_cpp_cannot_load_is_a_model_error_and_caches_nothing(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch, log: str, says: str
+) -> None:
+    _replay(monkeypatch, log, 1)
+    with pytest.raises(ModelError) as err:
+        runner.base("m", Path("/m.gguf"), Path("/t.txt"), KEY)
+    assert err.value.exit_code == 22
+    assert str(err.value).startswith(says) and "\n" not in str(err.value)
+    assert _left_in_cache(runner) == []
+
+
+def test_a_text_too_short_for_the_context_caches_nothing(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.log"
+    short.write_text(
+        "0.00.259.493 E perplexity: you need at least 256 tokens to evaluate perplexity with a "
+        "context of 128\n0.00.259.494 E perplexity: the data file you provided tokenizes to "
+        "only 7 tokens\n"
+    )
+    monkeypatch.setenv("REPLAY_LOG", str(short))
+    monkeypatch.setenv("REPLAY_EXIT", "0")  # llama-perplexity refuses it with exit 0
+    with pytest.raises(ConfigError) as err:
+        runner.base("m", Path("/m.gguf"), Path("/t.txt"), KEY)
+    assert str(err.value) == (
+        "a context of 128 tokens needs at least 256 tokens of text; the text holds 7"
+    )
+    assert _left_in_cache(runner) == []
+
+
+def test_a_cache_type_llama_cpp_refuses_by_head_size_is_named(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLAMA_TURBO_BLOCK64=0 on SmolLM2 (heads of 64): llama.cpp's own refusal, exit 1."""
+    _replay(monkeypatch, "turbo3-block-refused.log", 1)
+    with pytest.raises(HeadSizeRefused) as err:
+        runner.candidate(
+            "m", Path("/m.gguf"), Path("/t.txt"), Path("/b"), CacheConfig.parse("turbo3")
+        )
+    assert err.value.exit_code == 11
+    assert str(err.value) == (
+        "m turbo3: llama.cpp refuses a K cache of turbo3: K heads of 64 values are not a "
+        "multiple of its 128-value blocks"
+    )
