@@ -151,6 +151,9 @@ def cmd_bench(args: argparse.Namespace, paths: Paths) -> None:
     bench.check_memory(results)
 
 
+TEXT_KEYWORDS = ("pinned", "long")
+
+
 def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
     """`perplexity`: the suite of gates.toml (or the options' subset) and its report."""
 
@@ -168,6 +171,9 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
             hint="give --chunks a positive number, or leave it out for the suite's own",
         )
 
+    # `pinned` and `long` name models.toml's texts; anything else is a path (./long for a
+    # file called long)
+    text_file = None if args.text in TEXT_KEYWORDS else Path(args.text)
     suite.run(
         paths,
         suite.SuiteOptions(
@@ -177,6 +183,8 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
             chunks=args.chunks,
             ctx=args.ctx,
             long_text=args.text == "long",
+            text_file=text_file,
+            model_file=args.model_file,
             threads=args.threads,
             binary=args.bin,
             backend=args.backend,
@@ -293,6 +301,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--models", help="comma-separated model names from models.toml")
     p.add_argument(
+        "--model-file",
+        type=Path,
+        metavar="PATH.gguf",
+        help="your own GGUF model (any llama.cpp loads) instead of models.toml's, through the "
+        "same configurations and gates; the report records its sha256, size, and its "
+        "architecture, layers, heads and head sizes as llama.cpp logged them",
+    )
+    p.add_argument(
         "--configs",
         help="comma-separated KV configurations: TYPE or K/V (e.g. f16,q4_0,q8_0/turbo3)",
     )
@@ -306,10 +322,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--text",
-        choices=["pinned", "long"],
         default="pinned",
+        metavar="pinned|long|PATH",
         help="pinned: the first 32 KB of the GNU Coding Standards (7,516 SmolLM2 tokens); "
-        "long: all of it (212 KB, about 48K tokens), for --ctx beyond 3,758",
+        "long: all of it (212 KB, about 48K tokens), for --ctx beyond 3,758; or the path of "
+        "your own UTF-8 text (at least 2 x --ctx tokens; ./long for a file called long)",
     )
     p.add_argument("--threads", type=int, default=2, help="llama-perplexity threads (default 2)")
     p.add_argument(

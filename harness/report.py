@@ -17,22 +17,28 @@ from typing import Any
 
 from harness.gates import GateFile, Outcome
 from harness.models import ModelInfo, ModelPin
-from harness.perplexity import CacheConfig, RunResult, ppl_change_pct
+from harness.perplexity import CacheConfig, LoggedModel, RunResult, ppl_change_pct
+from harness.user_files import UserFile
 
 
 @dataclass
 class ModelReport:
     """One model's part of a perplexity report: its pin and GGUF metadata, the configurations
-    run, their results or failures, the gate outcomes, and the base-logit cache key."""
+    run, their results or failures, the configurations refused for the model's head size
+    (each with the reason), the gate outcomes, the base-logit cache key, the model as
+    llama.cpp logged it, and for a model given by path (``--model-file``) that file."""
 
     pin: ModelPin
     info: ModelInfo
     configs: list[str]
     results: dict[str, RunResult] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     base_cached: bool = False
     base_key: dict[str, Any] = field(default_factory=dict)
+    logged: LoggedModel | None = None
+    user: UserFile | None = None
 
 
 def new_dir(root: Path) -> Path:
@@ -77,9 +83,14 @@ def _row_data(m: ModelReport, gate_file: GateFile, config: str) -> dict[str, Any
     base = m.results.get("f16")
     row: dict[str, Any] = {"config": config, "bits_per_value": _bits(gate_file, config)}
     if r is None:
-        row["error"] = m.failures.get(config, "not run")
+        if config in m.refused:
+            row["refused"] = m.refused[config]
+        row["error"] = m.failures.get(config) or (
+            f"refused: {m.refused[config]}" if config in m.refused else "not run"
+        )
         return row
     row.update(json.loads(json.dumps(asdict(r))))
+    row.pop("model", None)  # the model is described once, not in every row
     row["kv_bytes_per_token"] = r.kv.bytes_per_token
     row["kv_bits_per_value_allocated"] = r.kv.bits_per_value(m.info.kv_values_per_token)
     if base is not None:
@@ -114,6 +125,33 @@ def _stored_as(config: str, r: RunResult) -> str:
     return config if stored == wanted else f"{config} (stored {stored[0]}/{stored[1]})"
 
 
+def _text_name(text: dict[str, Any]) -> str:
+    """The pinned package and version, or the path of the user's own text."""
+    return f"{text['package']} {text['version']}" if "package" in text else str(text["path"])
+
+
+def _per_layer(values: tuple[int, ...]) -> str:
+    return str(values[0]) if len(values) == 1 else "per layer " + ",".join(map(str, values))
+
+
+def _logged_line(g: LoggedModel) -> str:
+    """What llama.cpp logged about the model (its ``print_info:`` lines), in one sentence."""
+    parts = [
+        f"architecture {g.architecture}",
+        f"{g.layers} layers",
+        f"n_head {_per_layer(g.n_head)}",
+        f"n_head_kv {_per_layer(g.n_head_kv)}",
+        f"GQA ratio {_per_layer(g.n_gqa)}",
+        f"head size K {g.head_dim_k} / V {g.head_dim_v}",
+        f"trained context {g.context_length}",
+    ]
+    if g.sliding_window:
+        parts.append(f"sliding window {g.sliding_window}")
+    if g.file_type:
+        parts.append(f"file type {g.file_type}")
+    return "llama.cpp logged: " + ", ".join(parts) + "."
+
+
 def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateFile) -> str:
     """report.md: the settings, then per model a table of PPL, KLD and same-top with their
     errors, bits per value and KV bytes, and the gate outcomes."""
@@ -121,7 +159,7 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
     out = [
         f"# Perplexity and KL divergence, {report['created']}",
         "",
-        f"Text: {report['text']['package']} {report['text']['version']}, "
+        f"Text: {_text_name(report['text'])}, "
         f"{report['text']['bytes']} bytes (sha256 {report['text']['sha256'][:12]}); "
         f"c={s['ctx']}, {s['chunks']} chunk(s) (each number rests on chunks x c/2 = "
         f"{s['chunks'] * s['ctx'] // 2} scored positions), {s['threads']} thread(s), "
@@ -140,14 +178,30 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
     for m in models:
         i = m.info
         window = f", sliding window {i.sliding_window}" if i.sliding_window else ""
+        source = (
+            f"GGUF {m.user.given} ({m.user.size} bytes, sha256 {m.user.sha256})"
+            if m.user is not None
+            else f"GGUF sha256 {m.pin.sha256[:12]}"
+        )
         out += [
             f"## {m.pin.name}",
             "",
             f"{i.name} ({i.architecture}): {i.layers} layers, {i.n_head} heads / "
-            f"{i.n_head_kv} KV heads, head_dim {i.head_dim_k}{window}; GGUF sha256 "
-            f"{m.pin.sha256[:12]}. f16 base logits "
-            f"{'reused from the cache' if m.base_cached else 'computed in this run'}.",
+            f"{i.n_head_kv} KV heads, head_dim {i.head_dim_k}{window}; {source}. f16 base "
+            f"logits {'reused from the cache' if m.base_cached else 'computed in this run'}.",
             "",
+        ]
+        if m.logged is not None:
+            out += [_logged_line(m.logged), ""]
+        chunks = {r.chunks for r in m.results.values()}
+        if chunks and max(chunks) < s["chunks"]:
+            out += [
+                f"The text holds only {max(chunks)} window(s) of {s['ctx']} tokens for this "
+                f"model, so each number rests on {max(chunks) * s['ctx'] // 2} scored "
+                "positions, not the header's.",
+                "",
+            ]
+        out += [
             "| config | bits/value | KV bytes/token | × f16 | PPL | ΔPPL % | mean KLD | KLD p99 "
             "| RMS Δp % | same top p % | gates |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -157,9 +211,11 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
             r = m.results.get(config)
             if r is None:
                 err = row["error"].splitlines()[0]
+                what = "**refused**" if config in m.refused else "**not measured**"
+                err = err.removeprefix("refused: ")
                 out.append(
                     f"| {config} | {row['bits_per_value']:g} | – | – | – | – | – | – | – | – "
-                    f"| **not measured**: {err} {_gate_status(m, config)} |"
+                    f"| {what}: {err} {_gate_status(m, config)} |"
                 )
                 continue
             ratio = row.get("kv_ratio_to_f16")
@@ -349,7 +405,12 @@ def write(
             "file": m.pin.file,
             "sha256": m.pin.sha256,
             "wheels": [asdict(w) for w in m.pin.wheels],
+            "user_file": None
+            if m.user is None
+            else {"path": m.user.given, "sha256": m.user.sha256, "bytes": m.user.size},
             "metadata": asdict(m.info),
+            "llama_cpp": None if m.logged is None else asdict(m.logged),
+            "refused": m.refused,
             "base": {"cached": m.base_cached, "key": m.base_key},
             "configs": [_row_data(m, gate_file, c) for c in m.configs],
             "gates": [

@@ -1,8 +1,11 @@
 """``python -m harness perplexity``: fetch inputs, run the suite, gate it, write the report.
 
-The report is written before any error is raised, so a failing run still leaves the table
-that explains it. Runs that could not be made (an unsupported cache type, a crash, output
-that does not parse) fail the command with exit 23; otherwise failing gates exit 21.
+The models and text are models.toml's, or the user's own GGUF and text given by path
+(``harness.user_files``). The report is written before any error is raised, so a failing run
+still leaves the table that explains it. Runs that could not be made (an unsupported cache
+type, a crash, output that does not parse) fail the command with exit 23; configurations
+the model's head size rules out (llama.cpp would refuse them) are not run and exit 11;
+otherwise failing gates exit 21.
 """
 
 from __future__ import annotations
@@ -18,20 +21,31 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import corpus, gates, models, proc, report
+from harness import corpus, gates, models, proc, report, user_files
 from harness.build import kernels_digest
 from harness.config import Paths
 from harness.errors import CommandFailed, ConfigError, HarnessError
 from harness.lock import exclusive
 from harness.patches import Series
-from harness.perplexity import BaseKey, CacheConfig, Runner, RunSettings, build_identity
+from harness.perplexity import (
+    BaseKey,
+    CacheConfig,
+    HeadSizeRefused,
+    ParseError,
+    Runner,
+    RunSettings,
+    block64_allowed,
+    build_identity,
+    head_size_refusal,
+)
+from harness.user_files import UserFile
 
 
 @dataclass(frozen=True)
 class SuiteOptions:
     """The perplexity command's options: gates.toml's quick suite or a subset of models and
-    configurations, chunks (windows of ``ctx`` tokens, 512 unless given), threads, the
-    binary, and the backend."""
+    configurations, or the user's own GGUF and text (paths); chunks (windows of ``ctx``
+    tokens, 512 unless given), threads, the binary, and the backend."""
 
     quick: bool = False
     models: tuple[str, ...] | None = None
@@ -39,6 +53,8 @@ class SuiteOptions:
     chunks: int | None = None
     ctx: int | None = None  # tokens per window; None: 512
     long_text: bool = False  # models.toml's [long_text] instead of [text]
+    text_file: Path | None = None  # the user's UTF-8 text instead of models.toml's
+    model_file: Path | None = None  # the user's GGUF instead of the models of models.toml
     threads: int = 2
     binary: Path | None = None
     backend: str = "cpu"
@@ -123,13 +139,107 @@ def _report_dir(root: Path) -> Iterator[Path]:
         raise
 
 
+def _text(
+    paths: Paths, lock: models.Lock, options: SuiteOptions
+) -> tuple[Path, str, dict[str, object]]:
+    """The text the runs read, its sha256, and what the report says of it: the user's file
+    (``--text PATH``), models.toml's [long_text] (``--text long``) or its [text]."""
+    if options.text_file is not None:
+        user = user_files.text_file(paths, options.text_file)
+        return (
+            user.path,
+            user.sha256,
+            {"path": user.given, "sha256": user.sha256, "bytes": user.size, "copy": user.path},
+        )
+    text_pin = lock.text
+    if options.long_text:
+        if lock.long_text is None:
+            raise ConfigError(
+                "--text long: models.toml pins no [long_text]",
+                hint="add a [long_text] table to models.toml, or leave --text out",
+            )
+        text_pin = lock.long_text
+    text = corpus.ensure_text(paths, text_pin)
+    return (
+        text.path,
+        text.sha256,
+        {
+            "package": text_pin.package,
+            "version": text_pin.version,
+            "deb_sha256": text_pin.sha256,
+            "member": text_pin.member,
+            "sha256": text.sha256,
+            "bytes": text.size,
+        },
+    )
+
+
+def _models(
+    lock: models.Lock, options: SuiteOptions, suite: gates.Suite
+) -> list[tuple[models.ModelPin, UserFile | None]]:
+    """The models to measure: models.toml's (the options' or the suite's), or the user's
+    GGUF alone, checked and hashed, as a pin of its own name, sha256 and size."""
+    if options.model_file is None:
+        return [(lock.model(name), None) for name in options.models or suite.models]
+    user = user_files.model_file(options.model_file)
+    name = user_files.model_name(user.given, tuple(m.name for m in lock.models))
+    return [(models.ModelPin(name, user.given.name, user.sha256, user.size, ()), user)]
+
+
+def _refusals(configs: list[str], heads: models.ModelInfo, block64: bool) -> dict[str, str]:
+    """The configurations of ``configs`` that llama.cpp will refuse for these heads, each
+    with the reason in words."""
+    found = {}
+    for c in configs:
+        if why := head_size_refusal(CacheConfig.parse(c), heads, block64):
+            found[c] = why
+    return found
+
+
+def _refused_error(
+    reports: list[report.ModelReport], gate_file: gates.GateFile, directory: Path, block64: bool
+) -> ConfigError:
+    """One line per model with refused configurations: its head sizes, what was refused and
+    what was measured instead; the hint names the suite's configurations it can take
+    (``block64``: whether llama.cpp may use the turbo types' block-64 variants)."""
+    need = (
+        "turbo types need heads that are a multiple of 64 values (the block-64 variants) or 128"
+        if block64
+        else "turbo types need heads that are a multiple of 128 values (LLAMA_TURBO_BLOCK64=0)"
+    )
+    lines: list[str] = []
+    possible: dict[str, list[str]] = {}
+    for m in reports:
+        if not m.refused:
+            continue
+        i = m.info
+        measured = ", ".join(m.results) or "nothing"
+        lines.append(
+            f"{m.pin.name}: head size {i.head_dim_k} (K) / {i.head_dim_v} (V) cannot take "
+            f"{', '.join(m.refused)}: {need}, q8_0 and q4_0 of 32; measured instead: {measured}"
+        )
+        possible[m.pin.name] = [
+            c for c in gate_file.full.configs if c not in _refusals([c], i, block64)
+        ]
+    where = f" (report: {directory})"
+    message = (
+        lines[0] + where
+        if len(lines) == 1
+        else (
+            f"{len(lines)} models cannot take some configurations by head size{where}:\n  "
+            + "\n  ".join(lines)
+        )
+    )
+    hint = "; ".join(f"{name}: --configs {','.join(cs)}" for name, cs in possible.items())
+    unset = "" if block64 else ", or unset LLAMA_TURBO_BLOCK64"
+    return ConfigError(message, hint=f"measure what the model can take ({hint}){unset}")
+
+
 def _run(paths: Paths, options: SuiteOptions) -> Path:
     started = time.monotonic()
     gate_file = gates.load(paths.repo / "gates.toml")
     suite = gate_file.quick if options.quick else gate_file.full
     lock = models.load_lock(paths.repo / "models.toml")
-    model_names = options.models or suite.models
-    pins = [lock.model(name) for name in model_names]
     requested = [CacheConfig.parse(c).name for c in (options.configs or suite.configs)]
     for c in requested:
         cfg = CacheConfig.parse(c)
@@ -146,53 +256,76 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
         threads=options.threads,
         gpu_layers=options.gpu_layers,
     )
-    text_pin = lock.text
-    if options.long_text:
-        if lock.long_text is None:
+    if options.model_file is not None:
+        if options.models:
             raise ConfigError(
-                "--text long: models.toml pins no [long_text]",
-                hint="add a [long_text] table to models.toml, or leave --text out",
+                "--models and --model-file both say which models to run",
+                hint="give one of them: --model-file runs your GGUF instead of models.toml's",
             )
-        text_pin = lock.long_text
-    text = corpus.ensure_text(paths, text_pin)
+        user_files.check_model(options.model_file)  # before a text is fetched or read
+    # then the text: its checks are instant, hashing a user's model may take a while
+    text_path, text_sha256, text_header = _text(paths, lock, options)
+    subjects = _models(lock, options, suite)
     identity = build_identity(binary)
     version = _version(binary)
+    block64 = block64_allowed()
+    # f16 first: its run writes (or checks) the base every other run is measured against.
+    order = {c: i for i, c in enumerate(("f16", *gate_file.full.configs))}
+
+    def ordered(configs: set[str]) -> list[str]:
+        return sorted(configs, key=lambda c: (order.get(c, len(order)), c))
 
     with _report_dir(paths.repo / "reports") as directory:
         runner = Runner(paths, settings, directory / "logs")
         reports: list[report.ModelReport] = []
         hints: set[str] = set()
-        for pin in pins:
-            gguf = models.ensure_model(paths, pin)
-            info = models.cached_info(pin, gguf)
-            # f16 first: its run writes (or checks) the base every other run is measured against.
-            order = {c: i for i, c in enumerate(("f16", *gate_file.full.configs))}
-            configs = sorted(
-                set(gate_file.required(pin.name, requested)) | {"f16"},
-                key=lambda c: (order.get(c, len(order)), c),
-            )
-            added = [c for c in configs if c not in requested]
+        for pin, user in subjects:
+            gguf = user.path if user is not None else models.ensure_model(paths, pin)
+            key = BaseKey(pin.sha256, text_sha256, identity, settings.ctx, settings.chunks)
+            base, base_run, base_cached = runner.base(pin.name, gguf, text_path, key)
+            logged = base_run.model
+            if user is not None and logged is None:
+                raise ParseError(
+                    f"{pin.name}: the f16 base run logged no `print_info:` lines, so nothing "
+                    "says what the model is"
+                )
+            info = logged.info(pin.name) if user is not None else models.cached_info(pin, gguf)
+            # llama.cpp's own account of the heads decides what it will refuse
+            heads = logged.info(pin.name) if logged is not None else info
+            wanted = set(gate_file.required(pin.name, requested)) | {"f16"}
+            refused = _refusals(ordered(wanted), heads, block64)
+            runnable = [c for c in requested if c not in refused]
+            plan = set(gate_file.required(pin.name, runnable)) | {"f16"}
+            refused = {c: why for c, why in refused.items() if c in requested or c in plan}
+            to_run = [c for c in ordered(plan) if c not in refused]
+            for c, why in refused.items():
+                print(f"{pin.name} {c}: not run, llama.cpp would refuse it: {why}", file=sys.stderr)
+            added = [c for c in to_run if c not in requested]
             if added:
                 print(
                     f"{pin.name}: also running {', '.join(added)} (the gates compare with them)",
                     file=sys.stderr,
                 )
-            m = report.ModelReport(pin, info, configs)
-            key = BaseKey(pin.sha256, text.sha256, identity, settings.ctx, settings.chunks)
+            m = report.ModelReport(pin, info, ordered(plan | set(refused)))
+            m.user, m.logged, m.refused = user, logged, dict(refused)
             m.base_key = {**key.__dict__, "digest": key.digest()}
-            base, _, m.base_cached = runner.base(pin.name, gguf, text.path, key)
-            for config in configs:
+            m.base_cached = base_cached
+            for config in to_run:
                 try:
                     m.results[config] = runner.candidate(
-                        pin.name, gguf, text.path, base, CacheConfig.parse(config)
+                        pin.name, gguf, text_path, base, CacheConfig.parse(config)
                     )
+                except HeadSizeRefused as exc:
+                    m.refused[config] = str(exc).split(": ", 1)[-1]
+                    print(f"{pin.name} {config}: REFUSED: {exc}", file=sys.stderr)
                 except CommandFailed as exc:
                     m.failures[config] = str(exc)
                     hints.add(exc.hint)
                     print(
                         f"{pin.name} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr
                     )
-            m.outcomes = gates.evaluate(gate_file, pin.name, requested, m.results)
+            judged = [c for c in requested if c not in m.refused]
+            m.outcomes = gates.evaluate(gate_file, pin.name, judged, m.results)
             reports.append(m)
 
         header = {
@@ -207,6 +340,7 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
                 "threads": settings.threads,
                 "gpu_layers": settings.gpu_layers,
                 "flash_attn": "on",
+                "turbo_block64": block64,
             },
             "binary": {"path": str(binary), "version": version},
             "build": identity,
@@ -217,14 +351,7 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
                 "sha256": gate_file.sha256,
                 "edited": _gates_edited(paths, gate_file.path),
             },
-            "text": {
-                "package": text_pin.package,
-                "version": text_pin.version,
-                "deb_sha256": text_pin.sha256,
-                "member": text_pin.member,
-                "sha256": text.sha256,
-                "bytes": text.size,
-            },
+            "text": text_header,
             "wall_seconds": time.monotonic() - started,
         }
         report.write(directory, header, reports, gate_file)
@@ -243,5 +370,7 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
                 f"gate(s) failed as a result or on their own):\n{lines}\n  report: {directory}",
                 hint="; ".join(sorted(hints)) + " (logs: the report's logs/ folder)",
             )
+        if any(m.refused for m in reports):
+            raise _refused_error(reports, gate_file, directory, block64)
         gates.raise_on_failures(outcomes, gate_file.path.name)
         return directory
