@@ -112,7 +112,7 @@ ROTATION = re.compile(r"llama_kv_cache: attn_rot_([kv]) = (\d+)")
 UNSUPPORTED = re.compile(r"Unsupported cache type: (\S+)")
 CHUNKS = re.compile(r"(?:calculating perplexity|computing) over (\d+) chunks, n_ctx=(\d+)")
 FINAL = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
-NUM = r"(-?[\d.]+(?:e[-+]?\d+)?|nan|inf)"
+NUM = r"(-?(?:[\d.]+(?:e[-+]?\d+)?|nan|inf))"  # llama.cpp prints -nan too
 PM = rf"{NUM} ± +{NUM}"
 STATS = {
     "ppl": re.compile(rf"^Mean PPL\(Q\) +: +{PM}", re.M),

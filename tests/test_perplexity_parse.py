@@ -194,3 +194,17 @@ def test_which_configurations_a_head_size_allows(
 def test_llama_turbo_block64_is_read_like_atoi(value: str | None, allowed: bool) -> None:
     env = {} if value is None else {"LLAMA_TURBO_BLOCK64": value}
     assert block64_allowed(env) is allowed
+
+
+def test_a_nan_error_is_read_not_refused() -> None:
+    """llama-perplexity prints `± -nan` for the paired PPL ratio when a run and its base agree
+    to the last bit (an f16 run of a small random-weight model did): a number, not a missing
+    statistic."""
+    text = read("smollm2-135m-f16.log")
+    nan = re.sub(
+        r"^(Mean PPL\(Q\)/PPL\(base\) +: +[\d.]+ ± +)[\d.]+", r"\1-nan", text, count=1, flags=re.M
+    )
+    assert nan != text
+    r = parse_kld(nan, "f16")
+    assert r.ppl_ratio is not None and r.ppl_ratio.value == 1.000315
+    assert r.ppl_ratio.error != r.ppl_ratio.error  # nan
