@@ -171,3 +171,167 @@ def test_the_suite_runs_at_the_context_length_asked_for(built: build_mod.BuildRe
     assert short.returncode == 11, short.stderr[-3000:]
     assert "a context of 8192 tokens needs at least 16384 tokens of text" in short.stderr
     assert "Traceback" not in short.stderr
+
+
+def _harness(args: list[str], cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m harness ARGS`` with its own harness cache (a user's files need nothing
+    fetched, so what the run leaves in the cache is all there)."""
+    import os
+
+    env = {**os.environ, "TQH_CACHE_DIR": str(cache)}
+    env.pop("LLAMA_TURBO_BLOCK64", None)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _smollm2() -> Path:
+    from harness import models
+
+    paths = Paths.default()
+    lock = models.load_lock(paths.repo / "models.toml")
+    return models.ensure_model(paths, lock.model("smollm2-135m"))
+
+
+def _own_text(path: Path) -> Path:
+    """Real prose the test writes itself: this project's README (about 5,000 SmolLM2
+    tokens), so a context of 128 has windows to spare."""
+    path.write_text((Paths.default().repo / "README.md").read_text(encoding="utf-8"))
+    return path
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("hint: ") and "Traceback" not in stderr, stderr[-3000:]
+    return lines[-2]
+
+
+def test_a_model_and_text_given_by_path_run_the_suite(
+    built: build_mod.BuildResult, tmp_path: Path
+) -> None:
+    """Issue 12: the real llama-perplexity on a GGUF and a text given by path; the report
+    records the files and the model as llama.cpp logged it; the base logits are keyed by
+    the files' bytes. 3 suites of 4 runs at c=128 x 2 chunks: about 20 s on 2 cores."""
+    import hashlib
+    import json
+
+    model, text, cache = _smollm2(), _own_text(tmp_path / "mine.txt"), tmp_path / "cache"
+    args = ["perplexity", "--model-file", str(model), "--text", str(text), "--configs", "turbo3"]
+    args += ["--ctx", "128", "--chunks", "2"]
+    first = _harness(args, cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads((Paths.default().repo / "reports/latest/report.json").read_text())
+    (m,) = data["models"]
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert m["user_file"] == {"path": str(model), "sha256": sha, "bytes": model.stat().st_size}
+    assert data["text"]["sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
+    logged = m["llama_cpp"]
+    assert (logged["architecture"], logged["layers"], logged["n_head"], logged["n_head_kv"]) == (
+        "llama",
+        30,
+        [9],
+        [3],
+    )
+    assert (logged["head_dim_k"], logged["head_dim_v"], logged["n_gqa"]) == (64, 64, [3])
+    assert m["base"]["key"]["model_sha256"] == sha and m["base"]["key"]["ctx"] == 128
+    rows = {r["config"]: r for r in m["configs"]}
+    assert rows["turbo3"]["kv"]["k_type"] == "turbo3_64" and rows["turbo3"]["kld"]["value"] > 0
+    assert [g["passed"] for g in m["gates"]] == [True]  # the per-bit turbo3 gate
+
+    again = _harness(args, cache)
+    assert again.returncode == 0 and "reusing the f16 base logits" in again.stderr
+    with text.open("a", encoding="utf-8") as fh:
+        fh.write("\nOne more paragraph, and the text is another text.\n")
+    edited = _harness(args, cache)
+    assert edited.returncode == 0 and "reusing the f16 base logits" not in edited.stderr
+    assert len(list((cache / "kld-base").iterdir())) == 2
+
+
+def test_bad_user_files_end_in_one_line_and_leave_nothing_cached(
+    built: build_mod.BuildResult, tmp_path: Path
+) -> None:
+    """A truncated GGUF (exit 22), a text that is not UTF-8 (exit 22) and a text too short
+    for the context (exit 11), each one line and no traceback, with the real llama-perplexity
+    (about 3 s)."""
+    model, cache = _smollm2(), tmp_path / "cache"
+    text = _own_text(tmp_path / "mine.txt")
+    truncated = tmp_path / "truncated.gguf"
+    with model.open("rb") as fh:
+        truncated.write_bytes(fh.read(20_000_000))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Ein Text über Straßen.\n".encode("latin-1") * 100)
+    short = tmp_path / "short.txt"
+    short.write_text("Too short for two windows of 128 tokens.\n")
+    run = ["perplexity", "--configs", "turbo3", "--ctx", "128", "--chunks", "2"]
+
+    out = _harness([*run, "--model-file", str(truncated), "--text", str(text)], cache)
+    assert out.returncode == 22
+    assert re.fullmatch(
+        f"error: llama.cpp cannot load {re.escape(str(truncated))}: tensor '[^']+' data is not "
+        "within the file bounds, model is corrupted or incomplete",
+        _error_line(out.stderr),
+    )
+    out = _harness([*run, "--model-file", str(model), "--text", str(latin1)], cache)
+    assert out.returncode == 22
+    assert _error_line(out.stderr) == (
+        f"error: --text {latin1} is not UTF-8 text: byte 0xfc at offset 9 is not UTF-8 "
+        "(invalid start byte)"
+    )
+    out = _harness([*run, "--model-file", str(model), "--text", str(short)], cache)
+    assert out.returncode == 11
+    assert _error_line(out.stderr).startswith(
+        "error: a context of 128 tokens needs at least 256 tokens of text; the text holds "
+    )
+    assert list((cache / "kld-base").iterdir()) == []  # no base logits, no .tmp
+
+
+def test_a_head_size_the_turbo_types_cannot_take_is_named(
+    built: build_mod.BuildResult, tmp_path: Path
+) -> None:
+    """A GGUF the test writes with heads of 96 values (random weights, SmolLM2's
+    vocabulary): llama.cpp refuses turbo3 on it; the suite measures q4_0, says which
+    configuration was refused and why, and exits 11 (about 10 s)."""
+    import json
+
+    from harness import speed_model
+
+    tok = tmp_path / "tok.json.gz"
+    speed_model.export_tokenizer(_smollm2(), tok)
+    shape = speed_model.SpeedShape(head_dim=64, n_layer=2, n_embd=192, n_ff=256, gqa=1)
+    object.__setattr__(shape, "head_dim", 96)  # a head size the speed shapes do not allow
+    model = tmp_path / "heads96.gguf"
+    speed_model.write_model(tok, model, shape)
+    text = _own_text(tmp_path / "mine.txt")
+
+    # llama.cpp itself refuses it: what the harness predicts is what llama.cpp does
+    direct = subprocess.run(
+        [built.bin / "llama-perplexity", "-m", model, "-f", text, "-c", "128", "--chunks", "1"]
+        + ["-fa", "on", "-ctk", "turbo3", "-ctv", "turbo3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert direct.returncode == 1
+    assert "K cache type turbo3 with block size 128 does not divide n_embd_head_k=96" in (
+        direct.stdout + direct.stderr
+    )
+
+    run = ["perplexity", "--model-file", str(model), "--text", str(text), "--ctx", "128"]
+    out = _harness([*run, "--chunks", "2", "--configs", "q4_0,turbo3"], tmp_path / "cache")
+    assert out.returncode == 11, out.stderr[-3000:]
+    line = _error_line(out.stderr)
+    assert line.startswith(
+        "error: heads96: head size 96 (K) / 96 (V) cannot take turbo3: turbo types need heads "
+        "that are a multiple of 64 values (the block-64 variants) or 128, q8_0 and q4_0 of 32; "
+        "measured instead: f16, q4_0 (report: "
+    ), line
+    assert "heads96 turbo3: not run, llama.cpp would refuse it: K and V heads of 96" in out.stderr
+    data = json.loads((Paths.default().repo / "reports/latest/report.json").read_text())
+    (m,) = data["models"]
+    assert (m["llama_cpp"]["head_dim_k"], m["llama_cpp"]["n_gqa"]) == (96, [1])
+    rows = {r["config"]: r for r in m["configs"]}
+    assert rows["q4_0"]["kld"]["value"] >= 0 and "refused" in rows["turbo3"]
