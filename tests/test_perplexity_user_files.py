@@ -149,7 +149,7 @@ def test_the_suite_runs_a_user_model_and_text_and_reports_them(
     project: Paths, fake_binary: Path, gguf: Path, text: Path
 ) -> None:
     options = suite.SuiteOptions(
-        configs=("q8_0",), binary=fake_binary, model_file=gguf, text_file=text
+        configs=("q8_0",), binary=fake_binary, model_file=gguf, text_file=text, chunks=50
     )
     directory = suite.run(project, options)
     data = json.loads((directory / "report.json").read_text())
@@ -175,6 +175,8 @@ def test_the_suite_runs_a_user_model_and_text_and_reports_them(
     assert f"GGUF {gguf} (16392 bytes, sha256 {model_sha})" in md
     assert "llama.cpp logged: architecture llama, 30 layers, n_head 9, n_head_kv 3, " in md
     assert f"Text: {text}, " in md
+    # asked for 50 chunks, the (replayed) text held 6: the report says what the numbers rest on
+    assert "The text holds only 6 window(s) of 512 tokens for this model, so each number " in md
 
     again = json.loads((suite.run(project, options) / "report.json").read_text())
     assert again["models"][0]["base"]["cached"]
