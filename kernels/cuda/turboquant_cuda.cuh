@@ -242,6 +242,33 @@ TQ_CU_HD uint32_t tq_cu_load_u32(const uint8_t *p)
 #endif
 }
 
+/* __byte_perm (PTX prmt, default mode) for selectors whose four low nibbles are < 8: byte i
+ * of the result is byte s[4i+3:4i] of the pair (b:a); the host emulates it. */
+TQ_CU_HD uint32_t tq_cu_prmt(uint32_t a, uint32_t b, uint32_t s)
+{
+#ifdef __CUDA_ARCH__
+    return __byte_perm(a, b, s);
+#else
+    const uint64_t x = (uint64_t)b << 32 | a;
+    uint32_t r = 0;
+    for (int i = 0; i < 4; i++) {
+        r |= (uint32_t)((x >> (8 * ((s >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
+    }
+    return r;
+#endif
+}
+
+/* float -> fp16 bits, nearest-even: the hardware conversion on a GPU, the same bits as
+ * tq_cu_fp16_from_float for every float that is not NaN. */
+TQ_CU_HD uint16_t tq_cu_fp16_rn(float f)
+{
+#ifdef __CUDA_ARCH__
+    return __half_as_ushort(__float2half_rn(f));
+#else
+    return tq_cu_fp16_from_float(f);
+#endif
+}
+
 /* A block as the flash-attention kernel stages it in shared memory: its NB bytes copied to
  * OFF = 14 of an SB-byte slot (SB a multiple of 16), so the scale sits at 14 and the index
  * planes start at 16, aligned for whole-word loads; the codebook is a table of NLUT floats
@@ -259,7 +286,14 @@ template <int B, int N> struct tq_cu_staged {
     static TQ_CU_HD float lut_entry(int k) { return tq_cu_codebook<B, N>::level((unsigned)k); }
 
     /* The scale d of the staged block sb, which every value of the block shares. */
-    static TQ_CU_HD float scale(const uint8_t *sb) { return tq_cu_half_to_float((uint16_t)tq_cu_load_u16(sb + 14)); }
+    static TQ_CU_HD float scale(const uint8_t *sb)
+    {
+#ifdef __CUDA_ARCH__
+        return __half2float(*(const half *)(sb + 14)); /* exact; a NaN becomes the GPU's own */
+#else
+        return tq_cu_half_to_float((uint16_t)tq_cu_load_u16(sb + 14));
+#endif
+    }
 
     /* The codebook levels lut[idx] of values j0 .. j0+7 (j0 % 8 == 0) of the staged block
      * sb, before the scale: the flash-attention kernel multiplies a sum of them by d once. */
@@ -277,6 +311,70 @@ template <int B, int N> struct tq_cu_staged {
         }
     }
 
+    /* The codebook as fp16 byte tables for levels8_h (B <= 4): lo[i] holds the low bytes of
+     * levels 4i .. 4i+3, hi[i] their high bytes. */
+    static constexpr bool H8 = B <= 4;
+    static constexpr int NT8 = H8 ? (1 << B) / 4 : 1;
+    struct hlut {
+        uint32_t lo[NT8];
+        uint32_t hi[NT8];
+    };
+    static TQ_CU_HD void hlut_init(hlut &t)
+    {
+        for (int i = 0; i < NT8; i++) {
+            t.lo[i] = 0u;
+            t.hi[i] = 0u;
+            for (int b = 0; b < 4 && 4 * i + b < (1 << B); b++) {
+                const uint32_t h = tq_cu_fp16_rn(lut_entry(4 * i + b));
+                t.lo[i] |= (h & 0xFFu) << (8 * b);
+                t.hi[i] |= (h >> 8) << (8 * b);
+            }
+        }
+    }
+    /* Values j0 .. j0+7 (j0 % 8 == 0) of the staged block sb as fp16 codebook levels before
+     * the scale, fp16(lut_entry(idx)) bit for bit: out[i] holds values j0+2i (low half) and
+     * j0+2i+1. Byte permutes of the tables in registers, no table reads in memory: the
+     * index bits are spread to one nibble per value (the selectors), then each selector
+     * picks the low and the high byte of its level. B <= 4. */
+    static TQ_CU_HD void levels8_h(const uint8_t *sb, int j0, const hlut &t, uint32_t out[4])
+    {
+        constexpr int LB = F::lo_bits;
+        uint32_t s;      /* nibble i: the index of value j0+i (B <= 3), its low 3 bits (B = 4) */
+        uint32_t c = 0u; /* B = 4: nibble i: the top bit of that index */
+        if (LB == 2) {
+            uint32_t x = tq_cu_prmt(tq_cu_load_u16(sb + 16 + j0 / 4), 0u, 0x4140u);
+            x = (x | x << 4) & 0x0F0F0F0Fu;
+            x = (x | x << 2) & 0x33333333u;
+            if (B == 3) {
+                uint32_t y = sb[16 + LO + j0 / 8];
+                y = (y | y << 12) & 0x000F000Fu;
+                y = (y | y << 6) & 0x03030303u;
+                y = (y | y << 3) & 0x11111111u;
+                x += y << 2;
+            }
+            s = x;
+        } else {
+            const uint32_t x = tq_cu_load_u32(sb + 16 + j0 / 2);
+            s = x & 0x77777777u;
+            c = (x >> 3) & 0x11111111u;
+        }
+        for (int h = 0; h < 2; h++) {
+            const uint32_t sh = s >> (16 * h);
+            uint32_t lo;
+            uint32_t hi;
+            if (B == 4) {
+                /* levels 0-7 or 8-15 per byte: selector nibble i = i + 4 * top bit */
+                const uint32_t ch = (c >> (16 * h)) * 4u + 0x3210u;
+                lo = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], sh), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], sh), ch);
+                hi = tq_cu_prmt(tq_cu_prmt(t.hi[0], t.hi[1], sh), tq_cu_prmt(t.hi[2 % NT8], t.hi[3 % NT8], sh), ch);
+            } else {
+                lo = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], sh);
+                hi = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sh);
+            }
+            out[2 * h] = tq_cu_prmt(lo, hi, 0x5140u);
+            out[2 * h + 1] = tq_cu_prmt(lo, hi, 0x7362u);
+        }
+    }
     /* Values j0 .. j0+7 of the staged block sb: d * lut[idx], one float multiply each (a NaN
      * scale gives a NaN, the GPU's own on a GPU). */
     static TQ_CU_HD void decode8(const uint8_t *sb, int j0, const float *lut, float out[8])

@@ -9,21 +9,23 @@
  * G query heads of its GQA group (4, or 2 where 4 does not divide the GQA ratio), so each K
  * and V value is decoded once per KV head, not once per query head. launch_fattn (ggml's
  * fattn-common.cuh) splits the KV length over gridDim.y blocks and combines their partial
- * softmax sums, so one sequence fills the GPU. Per tile of 64 KV rows (32 where 64 would not
- * fit in shared memory):
+ * softmax sums, so one sequence fills the GPU. Per tile of T KV rows (64, or 32 for head
+ * size 256):
  *   1. the raw K and V blocks are copied to shared memory, one warp per row, lane c taking
  *      halfword c (2-byte loads: a head's blocks are only 2-byte aligned in a row), each
  *      block staged so its index planes are aligned (tq_cu_staged);
- *   2. scores: thread (row, quarter) reads the codebook levels of a quarter of its K row, 8
- *      at a time, from a table in shared memory, sums them against every query head of the
- *      block (prescaled queries in shared memory) and multiplies each sum by the block's
- *      scale once; two shuffles add the quarters;
- *   3. the online softmax, one warp per query head, each lane one row in 32;
- *   4. thread (8 dims, row subset) reads its V levels once and adds (p * scale) * level into
- *      float accumulators for every query head; the row subsets are summed once at the end.
- * Scaling sums instead of values rounds differently from decoding each value (decode8),
- * within test-backend-ops' tolerance; the levels and scales themselves are the parity-checked
- * ones.
+ *   2. every staged value is decoded once, 8 per item, to f16 in shared memory: the
+ *      codebook level, and the block scale kept apart where a row is one block (D == QK),
+ *      else d * level;
+ *   3. scores on tensor cores: mma m16n8k16 with the G queries (f16, prescaled) as A rows
+ *      and 8 K rows as B, each warp a quarter of the rows; x the row's scale;
+ *   4. the online softmax, one warp per query head, each lane one row in 32; the
+ *      probabilities (x the V row's scale) as f16;
+ *   5. output on tensor cores: the probabilities as A, 8-dim slices of V as B (ldmatrix
+ *      .trans), f32 accumulators, each warp a quarter of the head's dims.
+ * The f16 roundings (levels, queries, probabilities) are those of ggml's own f16 kernels,
+ * within test-backend-ops' tolerance; the levels and scales themselves are the
+ * parity-checked ones (levels8, scale).
  *
  * Needs ggml-cuda's common.cuh and fattn-common.cuh included first (launch_fattn, the
  * kernel signature fattn_kernel_t, warp reductions, get_alibi_slope).
@@ -36,12 +38,13 @@
 #define TQ_FA_NTHREADS 128
 #define TQ_FA_HEADS 4 /* most query heads per block (launch_fattn's ncols2); 2 for GQA ratios
                            * that 4 does not divide, which halves the accumulators */
-#define TQ_FA_SMEM_MAX (46 * 1024) /* static shared memory per block, under the 48 KiB limit */
 
 /* q8_0 and f16 rows staged like turbo blocks (see tq_cu_staged), for mixed K/V pairs: a
  * scale shared by the block's values and their levels before it (f16: scale 1). */
 struct tq_fa_staged_q8_0 {
     static constexpr int QK = 32, NB = 34, OFF = 14, SB = 48, NLUT = 0;
+    static constexpr bool H8 = false; /* no fp16 level tables (levels8_h) */
+    struct hlut {};
     static __device__ float lut_entry(int) { return 0.0f; }
     static __device__ __forceinline__ float scale(const uint8_t *sb) { return __half2float(*(const half *) (sb + 14)); }
     static __device__ __forceinline__ void levels8(const uint8_t *sb, int j0, const float *, float out[8])
@@ -57,6 +60,8 @@ struct tq_fa_staged_q8_0 {
 
 struct tq_fa_staged_f16 {
     static constexpr int QK = 8, NB = 16, OFF = 0, SB = 16, NLUT = 0;
+    static constexpr bool H8 = false;
+    struct hlut {};
     static __device__ float lut_entry(int) { return 0.0f; }
     static __device__ __forceinline__ float scale(const uint8_t *) { return 1.0f; }
     static __device__ __forceinline__ void levels8(const uint8_t *sb, int, const float *, float out[8])
@@ -84,18 +89,33 @@ template <> struct tq_fa_staged<GGML_TYPE_TURBO5_64> : tq_cu_staged<5, 64> {};
 template <> struct tq_fa_staged<GGML_TYPE_Q8_0> : tq_fa_staged_q8_0 {};
 template <> struct tq_fa_staged<GGML_TYPE_F16> : tq_fa_staged_f16 {};
 
-/* Shared memory of one block for tiles of T rows and G query heads. */
-template <int D, int G, typename SK, typename SV> __host__ __device__ constexpr int tq_fa_smem(int T)
-{
-    return T * (D / SK::QK) * SK::SB + T * (D / SV::QK) * SV::SB + G * (D + 16) * 4 +
-           G * T * 4 + 32 * 4 * 2 + 3 * G * 4;
-}
+/* Layout of a block's dynamic shared memory for tiles of T rows and G query heads, in bytes:
+ * the staged K and V tiles, the same tiles decoded to f16 (rows padded by 8 halves, so the
+ * eight 16-byte rows an ldmatrix reads fall on distinct banks), the scores, the
+ * probabilities as f16 (8 rows: the mma's A operand; rows past G stay 0), the per-row
+ * scales and the softmax state. */
+template <int D, int G, typename SK, typename SV> struct tq_fa_smem {
+    static constexpr int DP    = D + 8;                       /* halves per decoded row */
+    static __host__ __device__ constexpr int rbk() { return (D / SK::QK) * SK::SB; }
+    static __host__ __device__ constexpr int rbv() { return (D / SV::QK) * SV::SB; }
+    static __host__ __device__ constexpr int kt(int)  { return 0; }
+    static __host__ __device__ constexpr int vt(int T) { return T * rbk(); }
+    static __host__ __device__ constexpr int kh(int T) { return (vt(T) + T * rbv() + 15) / 16 * 16; }
+    static __host__ __device__ constexpr int vh(int T) { return kh(T) + T * DP * 2; }
+    static __host__ __device__ constexpr int ph(int T) { return vh(T) + T * DP * 2; }
+    static __host__ __device__ constexpr int ss(int T) { return ph(T) + 8 * (T + 8) * 2; }
+    static __host__ __device__ constexpr int dk(int T) { return ss(T) + G * T * 4; }
+    static __host__ __device__ constexpr int dv(int T) { return dk(T) + T * 4; }
+    static __host__ __device__ constexpr int lut(int T) { return dv(T) + T * 4; }
+    static __host__ __device__ constexpr int st(int T) { return lut(T) + 64 * 4; }
+    static __host__ __device__ constexpr int bytes(int T) { return st(T) + 3 * G * 4; }
+};
 
-/* KV rows per tile: 64 halves the barriers and doubles the loads in flight per row of work,
- * where the staged rows fit. */
-template <int D, ggml_type type_K, ggml_type type_V> __host__ __device__ constexpr int tq_fa_rows()
+/* KV rows per tile: 64 where a block's shared memory stays within 60 KiB (3 blocks and more
+ * per multiprocessor), else 32. */
+template <int D, int G, ggml_type type_K, ggml_type type_V> __host__ __device__ constexpr int tq_fa_rows()
 {
-    return tq_fa_smem<D, TQ_FA_HEADS, tq_fa_staged<type_K>, tq_fa_staged<type_V>>(64) <= TQ_FA_SMEM_MAX ? 64 : 32;
+    return tq_fa_smem<D, G, tq_fa_staged<type_K>, tq_fa_staged<type_V>>::bytes(64) <= 60 * 1024 ? 64 : 32;
 }
 
 /* Staging of one tile: rows k0 .. k0+T-1 of one KV head (row stride nb bytes) into staged
@@ -171,18 +191,106 @@ static __device__ __forceinline__ void tq_fa_stage(const char * __restrict__ K, 
     }
 }
 
-/* Blocks per multiprocessor asked of the register allocator: with 2 query heads, head size up
- * to 128 and turbo2..4 K and V, everything fits in 64 registers without spilling (ptxas -v),
- * and 8 blocks instead of 5 hide more of the latency of the shared-memory table reads; the
- * other cases spill at 64 and keep the compiler's choice. */
-template <int D, int G, typename SK, typename SV> __host__ __device__ constexpr int tq_fa_min_blocks()
+/* Two floats as the bits of a half2 (round to nearest). */
+static __device__ __forceinline__ uint32_t tq_fa_h2(float a, float b)
 {
-    return G == 2 && D <= 128 && SK::NLUT > 0 && SK::NLUT <= 16 && SV::NLUT > 0 && SV::NLUT <= 16 ? 8 : 1;
+    const half2 h = __floats2half2_rn(a, b);
+    return *(const uint32_t *) &h;
+}
+
+/* Tensor-core helpers (sm_80 and later; ggml-cuda builds this kernel only where the mma
+ * instructions exist). mma m16n8k16: A 16x16 f16 (row), B 16x8 f16 (col), C 16x8 f32;
+ * lane l holds A rows l/4 and l/4 + 8, B and C column l/4 (B: rows 2(l%4), +1 and +8;
+ * C: row l/4, columns 2(l%4), +1). Only A rows 0-7 carry query heads here, so a1 = a3 = 0. */
+static __device__ __forceinline__ void tq_fa_mma(float c[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+#else
+    GGML_UNUSED_VARS(c, a0, a2, b0, b1);
+    NO_DEVICE_CODE;
+#endif
+}
+
+/* Four 8x8 f16 matrices from shared memory; lane l gives the address of row l % 8 of matrix
+ * l / 8 and receives, of matrix i in r[i], row l/4, columns 2(l%4), +1 (TRANS: column l/4,
+ * rows 2(l%4), +1). */
+template <bool TRANS> static __device__ __forceinline__ void tq_fa_ldmatrix(uint32_t r[4], const half * p)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t a = (uint32_t) __cvta_generic_to_shared(p);
+    if (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    }
+#else
+    GGML_UNUSED_VARS(r, p);
+    NO_DEVICE_CODE;
+#endif
+}
+
+/* Decode a staged tile of T rows to f16, 8 values per item: the codebook levels as fp16
+ * straight from the index bits (levels8_h) for turbo2..4, else through levels8 (the
+ * parity-checked float decode) rounded to fp16. Where a row is one block (D == S::QK) the
+ * levels stay unscaled and the row's scale goes to dsc[row] (applied to the scores, or
+ * folded into the probabilities); else each value is d * level. */
+template <typename S, int D, int T, int NT>
+static __device__ __forceinline__ void tq_fa_decode_tile(const uint8_t * __restrict__ st, const float * lut,
+        const typename S::hlut & ht, half * __restrict__ dh, float * __restrict__ dsc, int tid)
+{
+    constexpr int NG = D / 8;        /* items per row */
+    constexpr bool ROW = D == S::QK; /* one scale per row */
+    constexpr int DP = D + 8;
+    static_assert(T * NG % NT == 0, "whole items per thread");
+#pragma unroll
+    for (int it = 0; it < T * NG / NT; it++) {
+        const int i = tid + NT * it;
+        const int r = i / NG;
+        const int j = (i % NG) * 8;
+        const uint8_t * sb = st + (r * (D / S::QK) + j / S::QK) * S::SB;
+        uint4 h;
+        if constexpr (S::H8) {
+            S::levels8_h(sb, j % S::QK, ht, (uint32_t *) &h);
+            if (!ROW) {
+                const half2 d2 = __half2half2(*(const half *) (sb + 14));
+                half2 * h2 = (half2 *) &h;
+#pragma unroll
+                for (int l = 0; l < 4; l++) {
+                    h2[l] = __hmul2(h2[l], d2);
+                }
+            }
+        } else {
+            float f[8];
+            S::levels8(sb, j % S::QK, lut, f);
+            const float m = ROW ? 1.0f : S::scale(sb);
+            h.x = tq_fa_h2(m * f[0], m * f[1]);
+            h.y = tq_fa_h2(m * f[2], m * f[3]);
+            h.z = tq_fa_h2(m * f[4], m * f[5]);
+            h.w = tq_fa_h2(m * f[6], m * f[7]);
+        }
+        *(uint4 *) (dh + r * DP + j) = h;
+        if (ROW && j == 0) {
+            dsc[r] = S::scale(sb);
+        }
+    }
+}
+
+/* Blocks per multiprocessor asked of the register allocator (ptxas -v): turbo K and V up to
+ * head size 128 fit 4 blocks (128 registers) without spilling; q8_0 or f16 rows and head
+ * size 256 need more registers and keep the compiler's choice. */
+template <int D, typename SK, typename SV> __host__ __device__ constexpr int tq_fa_min_blocks()
+{
+    return D <= 128 && SK::NLUT > 0 && SV::NLUT > 0 ? 4 : 1;
 }
 
 /* G query heads per block, 2 or TQ_FA_HEADS. */
 template <int D, int G, ggml_type type_K, ggml_type type_V>
-__launch_bounds__(TQ_FA_NTHREADS, (tq_fa_min_blocks<D, G, tq_fa_staged<type_K>, tq_fa_staged<type_V>>()))
+__launch_bounds__(TQ_FA_NTHREADS, (tq_fa_min_blocks<D, tq_fa_staged<type_K>, tq_fa_staged<type_V>>()))
 static __global__ void tq_flash_attn_ext_vec(
         const char * __restrict__ Q,
         const char * __restrict__ K,
@@ -205,31 +313,38 @@ static __global__ void tq_flash_attn_ext_vec(
                             const int32_t nb21, const int32_t nb22, const int64_t nb23,
                             const int32_t ne31, const int32_t ne32, const int32_t ne33,
                             const int32_t nb31, const int32_t nb32, const int64_t nb33) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     ggml_cuda_pdl_lc();
     typedef tq_fa_staged<type_K> SK;
     typedef tq_fa_staged<type_V> SV;
-    constexpr int T  = tq_fa_rows<D, type_K, type_V>();
+    typedef tq_fa_smem<D, G, SK, SV> L;
+    constexpr int T  = tq_fa_rows<D, G, type_K, type_V>();
     constexpr int NT = TQ_FA_NTHREADS;
     constexpr int NW = NT / WARP_SIZE;
-    constexpr int DQ = D / 4;          /* values per quarter row (score step) */
-    constexpr int QS = DQ + 4;         /* padded quarter: quarters on distinct banks */
-    constexpr int KB = DQ < SK::QK ? DQ : SK::QK; /* values of a quarter that share a scale */
-    constexpr int NG8 = D / 8;         /* groups of 8 dims (V step) */
-    constexpr int RS = NT / NG8;       /* row subsets of the V step */
+    constexpr int DP = L::DP;
+    constexpr int PP = T + 8;            /* halves per row of the probabilities */
+    constexpr bool ROWK = D == SK::QK;   /* K's scale applies to whole scores */
+    constexpr bool ROWV = D == SV::QK;   /* V's scale folds into the probabilities */
+    constexpr int RW = T / NW;           /* score rows per warp */
+    constexpr int NV = D / (8 * NW);     /* 8-dim output tiles per warp */
     static_assert(D % 64 == 0 && D <= 256 && D % SK::QK == 0 && D % SV::QK == 0, "head size 64, 128 or 256");
-    static_assert(T % WARP_SIZE == 0 && NT == 128 && T % RS == 0, "rows in whole warps, four quarters per row");
-    static_assert(tq_fa_smem<D, G, SK, SV>(T) <= TQ_FA_SMEM_MAX, "shared memory of a block");
+    static_assert(NT == 128 && RW % 8 == 0 && NV % 2 == 0 && T % 32 == 0, "tiles of the mma steps");
     static_assert(G == 2 || G == TQ_FA_HEADS, "2 or 4 query heads per block");
 
-    __shared__ __align__(16) uint8_t Kt[T * (D / SK::QK) * SK::SB];
-    __shared__ __align__(16) uint8_t Vt[T * (D / SV::QK) * SV::SB];
-    __shared__ __align__(16) float Qs[G * 4 * QS]; /* queries, then the output sums */
-    __shared__ float Ss[G][T];
-    __shared__ float lutK[SK::NLUT > 0 ? SK::NLUT : 1];
-    __shared__ float lutV[SV::NLUT > 0 ? SV::NLUT : 1];
-    __shared__ float Ms[G];
-    __shared__ float Ls[G];
-    __shared__ float As[G];
+    extern __shared__ __align__(16) uint8_t tq_fa_sm[];
+    uint8_t * Kt = tq_fa_sm + L::kt(T);
+    uint8_t * Vt = tq_fa_sm + L::vt(T);
+    half    * Kh = (half *) (tq_fa_sm + L::kh(T));
+    half    * Vh = (half *) (tq_fa_sm + L::vh(T));
+    half    * Ph = (half *) (tq_fa_sm + L::ph(T));
+    float   * Ss = (float *) (tq_fa_sm + L::ss(T));
+    float   * dK = (float *) (tq_fa_sm + L::dk(T));
+    float   * dV = (float *) (tq_fa_sm + L::dv(T));
+    float   * lutK = (float *) (tq_fa_sm + L::lut(T));
+    float   * lutV = lutK + 32;
+    float   * Ms = (float *) (tq_fa_sm + L::st(T));
+    float   * Ls = Ms + G;
+    float   * As = Ls + G;
 
     const int lane = threadIdx.x;
     const int warp = threadIdx.y;
@@ -254,16 +369,45 @@ static __global__ void tq_flash_attn_ext_vec(
         Ms[tid] = -FLT_MAX / 2.0f;
         Ls[tid] = 0.0f;
     }
-
-    ggml_cuda_pdl_sync();
-    for (int i = tid; i < G * D; i += NT) {
-        const int g = i / D;
-        const int k = i % D;
-        float q = 0.0f;
-        if (g < ng) {
-            q = ((const float *) (Q + nb03 * seq + nb02 * (h0 + g) + nb01 * col))[k] * scale;
+    for (int i = tid; i < 8 * PP / 2; i += NT) {
+        ((uint32_t *) Ph)[i] = 0u; /* rows ng..7 stay 0 */
+    }
+    if (!ROWK) {
+        for (int i = tid; i < T; i += NT) {
+            dK[i] = 1.0f;
         }
-        Qs[(g * 4 + k / DQ) * QS + k % DQ] = q;
+    }
+    if (!ROWV) {
+        for (int i = tid; i < T; i += NT) {
+            dV[i] = 1.0f;
+        }
+    }
+
+    typename SK::hlut htK;
+    typename SV::hlut htV;
+    if constexpr (SK::H8) {
+        SK::hlut_init(htK);
+    }
+    if constexpr (SV::H8) {
+        SV::hlut_init(htV);
+    }
+
+    /* The queries as mma A fragments (f16, prescaled): lane l holds head l/4, dims
+     * 16s + 2(l%4), +1 and +8, +9 of each 16-dim step s. */
+    const int qg = lane / 4;
+    const int qc = lane % 4;
+    ggml_cuda_pdl_sync();
+    uint32_t qa[D / 16][2];
+    {
+        const float * qrow = (const float *) (Q + nb03 * seq + nb02 * (h0 + min(qg, ng - 1)) + nb01 * col);
+#pragma unroll
+        for (int s = 0; s < D / 16; s++) {
+            const float2 x = *(const float2 *) (qrow + 16 * s + 2 * qc);
+            const float2 y = *(const float2 *) (qrow + 16 * s + 8 + 2 * qc);
+            const float z = qg < ng ? scale : 0.0f;
+            qa[s][0] = tq_fa_h2(x.x * z, x.y * z);
+            qa[s][1] = tq_fa_h2(y.x * z, y.y * z);
+        }
     }
 
     K += nb13 * seq + nb12 * hk;
@@ -278,79 +422,41 @@ static __global__ void tq_flash_attn_ext_vec(
         slope[w] = get_alibi_slope(max_bias, h0 + warp + w * NW, n_head_log2, m0, m1);
     }
 
-    /* score step: thread (row sr, quarter sq); V step: thread (dims 8*vg .., rows vr + RS*i) */
-    const int sr = tid / 4;
-    const int sq = tid % 4;
-    const int vg = tid % NG8;
-    const int vr = tid / NG8;
-
-    float acc[G][8];
+    float acc[NV][4]; /* output dims warp*D/NW + 8n + 2qc, +1 of head qg (c[2], c[3]: rows 8-15, unused) */
 #pragma unroll
-    for (int g = 0; g < G; g++) {
+    for (int n = 0; n < NV; n++) {
 #pragma unroll
-        for (int l = 0; l < 8; l++) {
-            acc[g][l] = 0.0f;
+        for (int l = 0; l < 4; l++) {
+            acc[n][l] = 0.0f;
         }
     }
 
     for (int k0 = blockIdx.y * T; k0 < k_max; k0 += gridDim.y * T) {
-        __syncthreads(); /* the last tile's readers are done with Kt, Vt, Ss */
+        __syncthreads(); /* the last tile's readers are done */
         tq_fa_stage<SK, SV, D, T, NW>(K, nb11, V, nb21, k0, k_max, Kt, Vt, lane, warp);
         __syncthreads();
+        tq_fa_decode_tile<SK, D, T, NT>(Kt, lutK, htK, Kh, dK, tid);
+        tq_fa_decode_tile<SV, D, T, NT>(Vt, lutV, htV, Vh, dV, tid);
+        __syncthreads();
 
+        /* scores: warp w takes rows RW*w .. +RW-1, 8 at a time */
 #pragma unroll
-        for (int rr = 0; rr < T / 32; rr++) {
-            if (k0 + 32 * rr >= k_max) {
-                break; /* 32 rows past the end (a short cache, the last tile): the softmax masks them */
+        for (int r0 = RW * warp; r0 < RW * (warp + 1); r0 += 8) {
+            if (k0 + r0 >= k_max) {
+                break; /* the softmax masks rows past the end */
             }
-            const int row = sr + 32 * rr;
-            float part[G];
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-            for (int g = 0; g < G; g++) {
-                part[g] = 0.0f;
+            for (int s = 0; s < D / 16; s += 2) {
+                uint32_t b[4];
+                tq_fa_ldmatrix<false>(b, Kh + (r0 + lane % 8) * DP + 16 * s + 8 * (lane / 8));
+                tq_fa_mma(c, qa[s][0], qa[s][1], b[0], b[1]);
+                tq_fa_mma(c, qa[s + 1][0], qa[s + 1][1], b[2], b[3]);
             }
-            const uint8_t * krow = Kt + row * (D / SK::QK) * SK::SB;
-            /* the quarter's values that share one scale: the levels are summed against the
-             * queries first and the sum multiplied by the scale once */
-#pragma unroll
-            for (int b0 = 0; b0 < DQ; b0 += KB) {
-                const int jb = sq * DQ + b0; /* first value index of this scale's run */
-                const uint8_t * kb = krow + (jb / SK::QK) * SK::SB;
-                float raw[G];
-#pragma unroll
-                for (int g = 0; g < G; g++) {
-                    raw[g] = 0.0f;
-                }
-#pragma unroll
-                for (int j = b0; j < b0 + KB; j += 8) {
-                    float kv[8];
-                    SK::levels8(kb, (sq * DQ + j) % SK::QK, lutK, kv);
-#pragma unroll
-                    for (int g = 0; g < G; g++) {
-                        if (g < ng) {
-                            const float4 qa = *(const float4 *) &Qs[(g * 4 + sq) * QS + j];
-                            const float4 qb = *(const float4 *) &Qs[(g * 4 + sq) * QS + j + 4];
-                            raw[g] += kv[0] * qa.x + kv[1] * qa.y + kv[2] * qa.z + kv[3] * qa.w
-                                    + kv[4] * qb.x + kv[5] * qb.y + kv[6] * qb.z + kv[7] * qb.w;
-                        }
-                    }
-                }
-                const float d = SK::scale(kb);
-#pragma unroll
-                for (int g = 0; g < G; g++) {
-                    part[g] += d * raw[g];
-                }
-            }
-#pragma unroll
-            for (int g = 0; g < G; g++) {
-                if (g < ng) {
-                    float s = part[g];
-                    s += __shfl_xor_sync(0xFFFFFFFFu, s, 1);
-                    s += __shfl_xor_sync(0xFFFFFFFFu, s, 2);
-                    if (sq == 0) {
-                        Ss[g][row] = s;
-                    }
-                }
+            if (qg < ng) {
+                const int r = r0 + 2 * qc;
+                Ss[qg * T + r]     = c[0] * dK[r];
+                Ss[qg * T + r + 1] = c[1] * dK[r + 1];
             }
         }
         __syncthreads();
@@ -364,7 +470,7 @@ static __global__ void tq_flash_attn_ext_vec(
 #pragma unroll
                 for (int rr = 0; rr < T / 32; rr++) {
                     const int kv = k0 + lane + 32 * rr;
-                    float s = Ss[g][lane + 32 * rr];
+                    float s = Ss[g * T + lane + 32 * rr];
                     if (logit_softcap != 0.0f) {
                         s = logit_softcap * tanhf(s);
                     }
@@ -383,8 +489,9 @@ static __global__ void tq_flash_attn_ext_vec(
                 float p_sum = 0.0f;
 #pragma unroll
                 for (int rr = 0; rr < T / 32; rr++) {
+                    const int r = lane + 32 * rr;
                     const float p = expf(sv[rr] - m_new);
-                    Ss[g][lane + 32 * rr] = p;
+                    Ph[g * PP + r] = __float2half(p * dV[r]);
                     p_sum += p;
                 }
                 p_sum = warp_reduce_sum(p_sum);
@@ -398,36 +505,29 @@ static __global__ void tq_flash_attn_ext_vec(
         }
         __syncthreads();
 
+        /* output: warp w takes dims D/NW*w .., 16 at a time, over the tile's rows 16 at a time */
+        {
+            const float a = qg < ng ? As[qg] : 0.0f;
 #pragma unroll
-        for (int g = 0; g < G; g++) {
-            if (g < ng) {
-                const float a = As[g];
-#pragma unroll
-                for (int l = 0; l < 8; l++) {
-                    acc[g][l] *= a;
-                }
+            for (int n = 0; n < NV; n++) {
+                acc[n][0] *= a;
+                acc[n][1] *= a;
             }
         }
 #pragma unroll
-        for (int i = 0; i < T / RS; i++) {
-            if (k0 + RS * i >= k_max) {
-                break; /* RS rows past the end: their p is 0 */
+        for (int s = 0; s < T / 16; s++) {
+            if (k0 + 16 * s >= k_max) {
+                break; /* their probabilities are 0 */
             }
-            const int r = vr + RS * i;
-            const int jj = vg * 8;
-            const uint8_t * vb = Vt + (r * (D / SV::QK) + jj / SV::QK) * SV::SB;
-            float vv[8];
-            SV::levels8(vb, jj % SV::QK, lutV, vv);
-            const float d = SV::scale(vb);
+            const uint32_t p0 = *(const uint32_t *) (Ph + qg * PP + 16 * s + 2 * qc);
+            const uint32_t p1 = *(const uint32_t *) (Ph + qg * PP + 16 * s + 8 + 2 * qc);
 #pragma unroll
-            for (int g = 0; g < G; g++) {
-                if (g < ng) {
-                    const float pd = Ss[g][r] * d; /* p * scale, once per 8 values */
-#pragma unroll
-                    for (int l = 0; l < 8; l++) {
-                        acc[g][l] += pd * vv[l];
-                    }
-                }
+            for (int n = 0; n < NV; n += 2) {
+                uint32_t b[4];
+                tq_fa_ldmatrix<true>(b, Vh + (16 * s + lane % 8 + 8 * ((lane / 8) % 2)) * DP
+                                            + (D / NW) * warp + 8 * n + 8 * (lane / 16));
+                tq_fa_mma(acc[n], p0, p1, b[0], b[1]);
+                tq_fa_mma(acc[n + 1], p0, p1, b[2], b[3]);
             }
         }
     }
@@ -443,49 +543,43 @@ static __global__ void tq_flash_attn_ext_vec(
             As[tid] = a;
         }
         __syncthreads();
+        const float a = qg < ng ? As[qg] : 0.0f;
 #pragma unroll
-        for (int g = 0; g < G; g++) {
-            if (g < ng) {
-#pragma unroll
-                for (int l = 0; l < 8; l++) {
-                    acc[g][l] *= As[g];
-                }
-            }
+        for (int n = 0; n < NV; n++) {
+            acc[n][0] *= a;
+            acc[n][1] *= a;
         }
     }
 
-    /* Sum the row subsets in a fixed order (deterministic), in the queries' place. */
-    float * O = Qs;
-    for (int i = tid; i < G * D; i += NT) {
-        O[i] = 0.0f;
-    }
-    for (int s = 0; s < RS; s++) {
-        __syncthreads();
-        if (vr == s) {
+    if (qg < ng) {
+        const float inv = gridDim.y == 1 ? 1.0f / Ls[qg] : 1.0f;
+        const int64_t row = (((int64_t) seq * ne01.z + col) * ne02 + h0 + qg) * gridDim.y + blockIdx.y;
 #pragma unroll
-            for (int g = 0; g < G; g++) {
-                if (g < ng) {
-#pragma unroll
-                    for (int l = 0; l < 8; l++) {
-                        O[g * D + vg * 8 + l] += acc[g][l];
-                    }
-                }
-            }
+        for (int n = 0; n < NV; n++) {
+            *(float2 *) (dst + row * D + (D / NW) * warp + 8 * n + 2 * qc) = make_float2(acc[n][0] * inv, acc[n][1] * inv);
         }
-    }
-    __syncthreads();
-
-    for (int i = tid; i < ng * D; i += NT) {
-        const int g = i / D;
-        const float inv = gridDim.y == 1 ? 1.0f / Ls[g] : 1.0f;
-        const int64_t row = (((int64_t) seq * ne01.z + col) * ne02 + h0 + g) * gridDim.y + blockIdx.y;
-        dst[row * D + i % D] = O[i] * inv;
     }
     if (gridDim.y != 1 && tid < ng) {
         const int64_t row = (((int64_t) seq * ne01.z + col) * ne02 + h0 + tid) * gridDim.y + blockIdx.y;
         dst_meta[row] = make_float2(Ms[tid], Ls[tid]);
     }
     GGML_UNUSED_VARS(ne00, ne03, ne10, ne13, ne31, ne32, nb32);
+#else
+    GGML_UNUSED_VARS(Q, K, V, mask, sinks, KV_max, dst, dst_meta, scale, max_bias, m0, m1, n_head_log2,
+        logit_softcap, ne00, ne01, ne02, ne03, nb01, nb02, nb03, ne10, ne11, ne12, ne13, nb11, nb12, nb13,
+        nb21, nb22, nb23, ne31, ne32, ne33, nb31, nb32, nb33);
+    NO_DEVICE_CODE;
+#endif
+}
+
+template <int D, int G, ggml_type type_K, ggml_type type_V>
+static void tq_fa_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
+{
+    constexpr int T = tq_fa_rows<D, G, type_K, type_V>();
+    constexpr size_t nbytes = tq_fa_smem<D, G, tq_fa_staged<type_K>, tq_fa_staged<type_V>>::bytes(T);
+    fattn_kernel_t kernel = tq_flash_attn_ext_vec<D, G, type_K, type_V>;
+    CUDA_SET_SHARED_MEMORY_LIMIT(kernel, nbytes);
+    launch_fattn<D, 1, G>(ctx, dst, kernel, TQ_FA_NTHREADS / WARP_SIZE, nbytes, T, false, false, false, false);
 }
 
 /* One FLASH_ATTN_EXT with the kernel above; split-KV and the combine as launch_fattn does
@@ -494,13 +588,10 @@ template <int D, ggml_type type_K, ggml_type type_V>
 void tq_cuda_flash_attn_ext_vec_case(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
 {
     const int64_t gqa = dst->src[0]->ne[2] / dst->src[1]->ne[2];
-    constexpr int T = tq_fa_rows<D, type_K, type_V>();
     if (gqa % TQ_FA_HEADS == 0) {
-        launch_fattn<D, 1, TQ_FA_HEADS>(ctx, dst, tq_flash_attn_ext_vec<D, TQ_FA_HEADS, type_K, type_V>,
-            TQ_FA_NTHREADS / WARP_SIZE, 0, T, false, false, false, false);
+        tq_fa_launch<D, TQ_FA_HEADS, type_K, type_V>(ctx, dst);
     } else {
-        launch_fattn<D, 1, 2>(ctx, dst, tq_flash_attn_ext_vec<D, 2, type_K, type_V>,
-            TQ_FA_NTHREADS / WARP_SIZE, 0, T, false, false, false, false);
+        tq_fa_launch<D, 2, type_K, type_V>(ctx, dst);
     }
 }
 
