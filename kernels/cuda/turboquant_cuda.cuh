@@ -331,22 +331,32 @@ template <int B, int N> struct tq_cu_staged {
             }
         }
     }
-    /* Values j0 .. j0+7 (j0 % 8 == 0) of the staged block sb as fp16 codebook levels before
-     * the scale, fp16(lut_entry(idx)) bit for bit: out[i] holds values j0+2i (low half) and
-     * j0+2i+1. Byte permutes of the tables in registers, no table reads in memory: the
-     * index bits are spread to one nibble per value (the selectors), then each selector
-     * picks the low and the high byte of its level. B <= 4. */
-    static TQ_CU_HD void levels8_h(const uint8_t *sb, int j0, const hlut &t, uint32_t out[4])
+    /* The index planes of values j0 .. j0+7 (j0 % 8 == 0) of the block whose first byte is
+     * blk (a row in memory, 2-byte aligned, or a staged block at sb + 14): lo holds their
+     * 8 x lo_bits bits, hi their top bits (B = 3, 5; else 0). */
+    static TQ_CU_HD void bits8(const uint8_t *blk, int j0, uint32_t &lo, uint32_t &hi)
     {
         constexpr int LB = F::lo_bits;
-        uint32_t s;      /* nibble i: the index of value j0+i (B <= 3), its low 3 bits (B = 4) */
+        lo = LB == 2 ? tq_cu_load_u16(blk + 2 + j0 / 4)
+                     : tq_cu_load_u16(blk + 2 + j0 / 2) | tq_cu_load_u16(blk + 4 + j0 / 2) << 16;
+        hi = LB != B ? blk[F::hi_offset + j0 / 8] : 0u;
+    }
+    /* The 8 values of bits8 as fp16 codebook levels before the scale, fp16(lut_entry(idx))
+     * bit for bit: out[i] holds values 2i (low half) and 2i+1. Byte permutes of the tables
+     * in registers, no table reads in memory: the index bits are spread to one nibble per
+     * value (the selectors), then each selector picks the low and the high byte of its
+     * level. B <= 4. */
+    static TQ_CU_HD void levels8_h(uint32_t lo, uint32_t hi, const hlut &t, uint32_t out[4])
+    {
+        constexpr int LB = F::lo_bits;
+        uint32_t s;      /* nibble i: the index of value i (B <= 3), its low 3 bits (B = 4) */
         uint32_t c = 0u; /* B = 4: nibble i: the top bit of that index */
         if (LB == 2) {
-            uint32_t x = tq_cu_prmt(tq_cu_load_u16(sb + 16 + j0 / 4), 0u, 0x4140u);
+            uint32_t x = tq_cu_prmt(lo, 0u, 0x4140u);
             x = (x | x << 4) & 0x0F0F0F0Fu;
             x = (x | x << 2) & 0x33333333u;
             if (B == 3) {
-                uint32_t y = sb[16 + LO + j0 / 8];
+                uint32_t y = hi;
                 y = (y | y << 12) & 0x000F000Fu;
                 y = (y | y << 6) & 0x03030303u;
                 y = (y | y << 3) & 0x11111111u;
@@ -354,9 +364,8 @@ template <int B, int N> struct tq_cu_staged {
             }
             s = x;
         } else {
-            const uint32_t x = tq_cu_load_u32(sb + 16 + j0 / 2);
-            s = x & 0x77777777u;
-            c = (x >> 3) & 0x11111111u;
+            s = lo & 0x77777777u;
+            c = (lo >> 3) & 0x11111111u;
         }
         for (int h = 0; h < 2; h++) {
             const uint32_t sh = s >> (16 * h);

@@ -43,8 +43,28 @@
  * scale shared by the block's values and their levels before it (f16: scale 1). */
 struct tq_fa_staged_q8_0 {
     static constexpr int QK = 32, NB = 34, OFF = 14, SB = 48, NLUT = 0;
-    static constexpr bool H8 = false; /* no fp16 level tables (levels8_h) */
+    static constexpr bool H8 = true; /* levels8_h: the int8 values as fp16, exact */
     struct hlut {};
+    static __device__ __forceinline__ void hlut_init(hlut &) {}
+    /* values j0 .. j0+7 of the block blk (2-byte aligned): bytes 0-3 in lo, 4-7 in hi */
+    static __device__ __forceinline__ void bits8(const uint8_t *blk, int j0, uint32_t &lo, uint32_t &hi)
+    {
+        const uint16_t *q = (const uint16_t *) (blk + 2 + j0);
+        lo = q[0] | (uint32_t) q[1] << 16;
+        hi = q[2] | (uint32_t) q[3] << 16;
+    }
+    /* int8 x as fp16: the bits 0x6400 | (x + 128) are 1024 + x + 128, less 1152 */
+    static __device__ __forceinline__ void levels8_h(uint32_t lo, uint32_t hi, const hlut &, uint32_t out[4])
+    {
+        const half2 off = __half2half2(__float2half(1152.0f));
+        const uint32_t u[2] = {lo ^ 0x80808080u, hi ^ 0x80808080u};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t b = __byte_perm(u[i / 2], 0x64646464u, i % 2 ? 0x4342u : 0x4140u);
+            const half2 h = __hsub2(*(const half2 *) &b, off);
+            out[i] = *(const uint32_t *) &h;
+        }
+    }
     static __device__ float lut_entry(int) { return 0.0f; }
     static __device__ __forceinline__ float scale(const uint8_t *sb) { return __half2float(*(const half *) (sb + 14)); }
     static __device__ __forceinline__ void levels8(const uint8_t *sb, int j0, const float *, float out[8])
@@ -255,7 +275,10 @@ static __device__ __forceinline__ void tq_fa_decode_tile(const uint8_t * __restr
         const uint8_t * sb = st + (r * (D / S::QK) + j / S::QK) * S::SB;
         uint4 h;
         if constexpr (S::H8) {
-            S::levels8_h(sb, j % S::QK, ht, (uint32_t *) &h);
+            uint32_t lo;
+            uint32_t hi;
+            S::bits8(sb + 14, j % S::QK, lo, hi);
+            S::levels8_h(lo, hi, ht, (uint32_t *) &h);
             if (!ROW) {
                 const half2 d2 = __half2half2(*(const half *) (sb + 14));
                 half2 * h2 = (half2 *) &h;
@@ -572,14 +595,356 @@ static __global__ void tq_flash_attn_ext_vec(
 #endif
 }
 
+/* mma m16n8k16 with all four A registers (see tq_fa_mma). */
+static __device__ __forceinline__ void tq_fa_mma4(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+        uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    GGML_UNUSED_VARS(c, a0, a1, a2, a3, b0, b1);
+    NO_DEVICE_CODE;
+#endif
+}
+
+/* 8 values of a row in memory as fp16 (4 x half2, values 2i and 2i+1 in out[i]): values
+ * j0 .. j0+7 of the block blk (zero index bits where !in, a row at or past the end). Where a
+ * row is one block (ROW) the scale stays out, else each value is d * level. */
+template <typename S, bool ROW>
+static __device__ __forceinline__ void tq_fa_row8(const uint8_t * __restrict__ blk, bool in, int j0,
+        const typename S::hlut & ht, uint32_t out[4])
+{
+    uint32_t lo = 0u;
+    uint32_t hi = 0u;
+    if (in) {
+        S::bits8(blk, j0, lo, hi);
+    }
+    S::levels8_h(lo, hi, ht, out);
+    if (!ROW) {
+        const half2 d2 = __half2half2(in ? *(const half *) blk : __float2half(0.0f));
+        half2 * h2 = (half2 *) out;
+#pragma unroll
+        for (int l = 0; l < 4; l++) {
+            h2[l] = __hmul2(h2[l], d2);
+        }
+    }
+}
+
+/* The decode kernel for turbo2..4 and q8_0 K and V (H8) where a lane's dims lie in one
+ * block: every warp works on its own 16 rows of each 64-row tile, with no shared memory and no barrier until the end, and
+ * every K and V value goes from its index bits straight into an mma operand register.
+ *
+ * Lane l = 4j + c. The head's dims are permuted the same way on both sides of the score
+ * product, so that each lane decodes whole runs of 8 values:
+ *   scores S^T = K Q^T (m16n8k16: 16 rows x 8 query heads): lane l decodes dims
+ *     D/4*c .. +D/4-1 of rows j and j+8, its A fragments (the queries' B fragments take the
+ *     same dims); its C holds rows j, j+8 of heads 2c, 2c+1;
+ *   the online softmax of heads 2c, 2c+1 over the 16 rows (one running max per warp and
+ *     head, held by the lanes whose output holds that head); four shuffles turn the
+ *     probabilities into the B fragment of P^T (rows 2c, 2c+1, 2c+8, 2c+9 of head j);
+ *   output O^T = V^T P^T: lane l decodes rows 2c, 2c+1, 2c+8, 2c+9 at dims D/8*j .. +D/8-1
+ *     and pairs the rows with byte permutes into the A fragments; C holds heads 2c, 2c+1.
+ * The four warps' partial softmax sums are combined in shared memory at the end, then as
+ * launch_fattn combines blocks. */
+template <int D, int G, ggml_type type_K, ggml_type type_V>
+__launch_bounds__(TQ_FA_NTHREADS, D <= 128 ? 4 : 2) /* 128 registers; 255 for D = 256 (ptxas -v) */
+static __global__ void tq_flash_attn_ext_mma(
+        const char * __restrict__ Q,
+        const char * __restrict__ K,
+        const char * __restrict__ V,
+        const char * __restrict__ mask,
+        const char * __restrict__ sinks,
+        const int  * __restrict__ KV_max,
+        float      * __restrict__ dst,
+        float2     * __restrict__ dst_meta,
+        const float scale,
+        const float max_bias,
+        const float m0,
+        const float m1,
+        const uint32_t n_head_log2,
+        const float logit_softcap,
+        const int32_t ne00, const uint3   ne01, const int32_t ne02, const int32_t ne03,
+                            const int32_t nb01, const int32_t nb02, const int32_t nb03,
+        const int32_t ne10, const int32_t ne11, const int32_t ne12, const int32_t ne13,
+                            const int32_t nb11, const int32_t nb12, const int64_t nb13,
+                            const int32_t nb21, const int32_t nb22, const int64_t nb23,
+                            const int32_t ne31, const int32_t ne32, const int32_t ne33,
+                            const int32_t nb31, const int32_t nb32, const int64_t nb33) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    ggml_cuda_pdl_lc();
+    typedef tq_fa_staged<type_K> SK;
+    typedef tq_fa_staged<type_V> SV;
+    constexpr int NT = TQ_FA_NTHREADS;
+    constexpr int NW = NT / WARP_SIZE;
+    constexpr int T  = 16 * NW;        /* rows per tile, 16 per warp */
+    constexpr int DQ = D / 4;          /* K dims per lane */
+    constexpr int DV = D / 8;          /* V dims per lane */
+    constexpr bool ROWK = D == SK::QK; /* K's scale applies to whole scores */
+    constexpr bool ROWV = D == SV::QK; /* V's scale folds into the probabilities */
+    static_assert(SK::H8 && SV::H8, "turbo2..4 or q8_0 K and V");
+    static_assert(D % 64 == 0 && D <= 256 && D % SK::QK == 0 && D % SV::QK == 0, "head size 64, 128 or 256");
+    static_assert(SK::QK % DQ == 0 && SV::QK % DV == 0, "a lane's dims in one block");
+    static_assert(G == 2 || G == TQ_FA_HEADS, "2 or 4 query heads per block");
+
+    __shared__ float Os[NW][G][D];
+    __shared__ float Ms[NW][G];
+    __shared__ float Ls[NW][G];
+
+    const int lane = threadIdx.x;
+    const int warp = threadIdx.y;
+    const int tid  = warp * WARP_SIZE + lane;
+    const int j    = lane / 4;
+    const int c    = lane % 4;
+
+    const int col  = blockIdx.x;
+    const int gqa  = ne02 / ne12;
+    const int ntz  = (gqa + G - 1) / G;
+    const int zt   = blockIdx.z % ntz;
+    const int hk   = (blockIdx.z / ntz) % ne12;
+    const int seq  = blockIdx.z / (ntz * ne12);
+    const int h0   = hk * gqa + zt * G; /* first query head of this block */
+    const int ng   = min(G, gqa - zt * G);
+
+    typename SK::hlut htK;
+    typename SV::hlut htV;
+    SK::hlut_init(htK);
+    SV::hlut_init(htV);
+
+    /* queries of head j as B fragments: step s holds dims D/4*c + 4s .. +3 */
+    ggml_cuda_pdl_sync();
+    uint32_t qb[D / 16][2];
+    {
+        const float * qrow = (const float *) (Q + nb03 * seq + nb02 * (h0 + min(j, ng - 1)) + nb01 * col) + DQ * c;
+        const float z = j < ng ? scale : 0.0f;
+#pragma unroll
+        for (int s = 0; s < D / 16; s++) {
+            const float2 x = *(const float2 *) (qrow + 4 * s);
+            const float2 y = *(const float2 *) (qrow + 4 * s + 2);
+            qb[s][0] = tq_fa_h2(x.x * z, x.y * z);
+            qb[s][1] = tq_fa_h2(y.x * z, y.y * z);
+        }
+    }
+
+    K += nb13 * seq + nb12 * hk;
+    V += nb23 * seq + nb22 * hk;
+    const half * maskh = mask ? (const half *) (mask + nb33 * (seq % ne33) + nb31 * col) : nullptr;
+    const int k_max = KV_max ? KV_max[seq * gridDim.x + blockIdx.x] : ne11;
+    /* this lane's two heads, 2c and 2c+1, and whether they are real */
+    const bool  in0 = 2 * c < ng;
+    const bool  in1 = 2 * c + 1 < ng;
+    const float slope0 = get_alibi_slope(max_bias, h0 + min(2 * c, ng - 1), n_head_log2, m0, m1);
+    const float slope1 = get_alibi_slope(max_bias, h0 + min(2 * c + 1, ng - 1), n_head_log2, m0, m1);
+
+    float mh[2] = {-FLT_MAX / 2.0f, -FLT_MAX / 2.0f}; /* running max of heads 2c, 2c+1 */
+    float lh[2] = {0.0f, 0.0f};                       /* this lane's part of their sums */
+    float acc[D / 16][4]; /* O^T: dims D/8*j + 2t (+1 in [2], [3]), heads 2c ([0], [2]), 2c+1 */
+#pragma unroll
+    for (int t = 0; t < D / 16; t++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            acc[t][e] = 0.0f;
+        }
+    }
+
+    for (int k0 = blockIdx.y * T; k0 < k_max; k0 += gridDim.y * T) {
+        const int rb = k0 + 16 * warp;
+        if (rb >= k_max) {
+            continue;
+        }
+
+        /* scores: sc[2i + e] is row rb + j + 8i, head 2c + e */
+        float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        {
+            /* a lane's D/4 dims lie in one block (QK is a multiple of D/4) */
+            const uint8_t * kb0 = (const uint8_t *) K + (int64_t) (rb + j) * nb11 + (DQ * c / SK::QK) * SK::NB;
+            const uint8_t * kb1 = kb0 + 8 * nb11;
+#pragma unroll
+            for (int q = 0; q < DQ / 8; q++) {
+                uint32_t x0[4];
+                uint32_t x1[4];
+                tq_fa_row8<SK, ROWK>(kb0, rb + j < k_max, DQ * c % SK::QK + 8 * q, htK, x0);
+                tq_fa_row8<SK, ROWK>(kb1, rb + j + 8 < k_max, DQ * c % SK::QK + 8 * q, htK, x1);
+                tq_fa_mma4(sc, x0[0], x1[0], x0[1], x1[1], qb[2 * q][0], qb[2 * q][1]);
+                tq_fa_mma4(sc, x0[2], x1[2], x0[3], x1[3], qb[2 * q + 1][0], qb[2 * q + 1][1]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int r = rb + j + 8 * i;
+            if (r < k_max) {
+                const float dk = ROWK ? __half2float(*(const half *) (K + (int64_t) r * nb11)) : 1.0f;
+                const float mv = maskh ? __half2float(maskh[r]) : 0.0f;
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float s = sc[2 * i + e] * dk;
+                    if (logit_softcap != 0.0f) {
+                        s = logit_softcap * tanhf(s);
+                    }
+                    sc[2 * i + e] = s + (e == 0 ? slope0 : slope1) * mv;
+                }
+            } else {
+                sc[2 * i] = -INFINITY;
+                sc[2 * i + 1] = -INFINITY;
+            }
+        }
+
+        float alpha[2];
+        uint32_t ph[2]; /* half2 (head 2c, head 2c+1) of rows rb + j, rb + j + 8 */
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float mx = fmaxf(sc[e], sc[2 + e]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 16));
+            const float m_new = fmaxf(mh[e], mx);
+            alpha[e] = expf(mh[e] - m_new);
+            mh[e] = m_new;
+            const bool real = e == 0 ? in0 : in1;
+            const float p0 = real ? expf(sc[e] - m_new) : 0.0f;
+            const float p1 = real ? expf(sc[2 + e] - m_new) : 0.0f;
+            lh[e] = lh[e] * alpha[e] + p0 + p1;
+            sc[e] = p0;
+            sc[2 + e] = p1;
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int r = rb + j + 8 * i;
+            const float dv = ROWV ? (r < k_max ? __half2float(*(const half *) (V + (int64_t) r * nb21)) : 0.0f) : 1.0f;
+            ph[i] = tq_fa_h2(sc[2 * i] * dv, sc[2 * i + 1] * dv);
+        }
+        /* P^T as B fragment: rows 2c, 2c+1 (pb[0]) and 2c+8, 2c+9 (pb[1]) of head j, from the
+         * lanes holding rows 2c and 2c+1 and head j (lane 8c + j/2 and the next row's) */
+        uint32_t pb[2];
+        {
+            const int src = 8 * c + j / 2;
+            const uint32_t sel = j % 2 ? 0x7632u : 0x5410u;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const uint32_t a = __shfl_sync(0xFFFFFFFFu, ph[i], src);
+                const uint32_t b = __shfl_sync(0xFFFFFFFFu, ph[i], src + 4);
+                pb[i] = __byte_perm(a, b, sel);
+            }
+        }
+
+        if (alpha[0] != 1.0f || alpha[1] != 1.0f) {
+#pragma unroll
+            for (int t = 0; t < D / 16; t++) {
+                acc[t][0] *= alpha[0];
+                acc[t][1] *= alpha[1];
+                acc[t][2] *= alpha[0];
+                acc[t][3] *= alpha[1];
+            }
+        }
+
+        {
+            /* a lane's D/8 dims lie in one block */
+            const int r = rb + 2 * c;
+            const uint8_t * vb = (const uint8_t *) V + (int64_t) r * nb21 + (DV * j / SV::QK) * SV::NB;
+#pragma unroll
+            for (int q = 0; q < DV / 8; q++) {
+                uint32_t x[4][4]; /* rows r, r+1, r+8, r+9 at dims D/8*j + 8q .. +7 */
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int dr = (i % 2) + 8 * (i / 2);
+                    tq_fa_row8<SV, ROWV>(vb + dr * nb21, r + dr < k_max, DV * j % SV::QK + 8 * q, htV, x[i]);
+                }
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    tq_fa_mma4(acc[4 * q + u],
+                        __byte_perm(x[0][u], x[1][u], 0x5410), __byte_perm(x[0][u], x[1][u], 0x7632),
+                        __byte_perm(x[2][u], x[3][u], 0x5410), __byte_perm(x[2][u], x[3][u], 0x7632),
+                        pb[0], pb[1]);
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        lh[e] += __shfl_xor_sync(0xFFFFFFFFu, lh[e], 4);
+        lh[e] += __shfl_xor_sync(0xFFFFFFFFu, lh[e], 8);
+        lh[e] += __shfl_xor_sync(0xFFFFFFFFu, lh[e], 16);
+    }
+    if (j == 0) {
+        if (2 * c < G) {
+            Ms[warp][2 * c] = mh[0];
+            Ls[warp][2 * c] = lh[0];
+        }
+        if (2 * c + 1 < G) {
+            Ms[warp][2 * c + 1] = mh[1];
+            Ls[warp][2 * c + 1] = lh[1];
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < D / 16; t++) {
+        const int d = DV * j + 2 * t;
+        if (2 * c < G) {
+            Os[warp][2 * c][d]     = acc[t][0];
+            Os[warp][2 * c][d + 1] = acc[t][2];
+        }
+        if (2 * c + 1 < G) {
+            Os[warp][2 * c + 1][d]     = acc[t][1];
+            Os[warp][2 * c + 1][d + 1] = acc[t][3];
+        }
+    }
+    __syncthreads();
+
+    for (int i = tid; i < ng * D; i += NT) {
+        const int g = i / D;
+        const int d = i % D;
+        float M = Ms[0][g];
+#pragma unroll
+        for (int w = 1; w < NW; w++) {
+            M = fmaxf(M, Ms[w][g]);
+        }
+        float o = 0.0f;
+        float L = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NW; w++) {
+            const float f = expf(Ms[w][g] - M);
+            o += f * Os[w][g][d];
+            L += f * Ls[w][g];
+        }
+        if (sinks && blockIdx.y == 0) {
+            const float sink  = ((const float *) sinks)[h0 + g];
+            const float m_new = fmaxf(sink, M);
+            const float f     = expf(M - m_new);
+            o *= f;
+            L = L * f + expf(sink - m_new);
+            M = m_new;
+        }
+        const int64_t row = (((int64_t) seq * ne01.z + col) * ne02 + h0 + g) * gridDim.y + blockIdx.y;
+        dst[row * D + d] = gridDim.y == 1 ? o / L : o;
+        if (gridDim.y != 1 && d == 0) {
+            dst_meta[row] = make_float2(M, L);
+        }
+    }
+    GGML_UNUSED_VARS(ne00, ne03, ne10, ne13, ne31, ne32, nb32);
+#else
+    GGML_UNUSED_VARS(Q, K, V, mask, sinks, KV_max, dst, dst_meta, scale, max_bias, m0, m1, n_head_log2,
+        logit_softcap, ne00, ne01, ne02, ne03, nb01, nb02, nb03, ne10, ne11, ne12, ne13, nb11, nb12, nb13,
+        nb21, nb22, nb23, ne31, ne32, ne33, nb31, nb32, nb33);
+    NO_DEVICE_CODE;
+#endif
+}
+
 template <int D, int G, ggml_type type_K, ggml_type type_V>
 static void tq_fa_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
 {
-    constexpr int T = tq_fa_rows<D, G, type_K, type_V>();
-    constexpr size_t nbytes = tq_fa_smem<D, G, tq_fa_staged<type_K>, tq_fa_staged<type_V>>::bytes(T);
-    fattn_kernel_t kernel = tq_flash_attn_ext_vec<D, G, type_K, type_V>;
-    CUDA_SET_SHARED_MEMORY_LIMIT(kernel, nbytes);
-    launch_fattn<D, 1, G>(ctx, dst, kernel, TQ_FA_NTHREADS / WARP_SIZE, nbytes, T, false, false, false, false);
+    typedef tq_fa_staged<type_K> SK;
+    typedef tq_fa_staged<type_V> SV;
+    if constexpr (SK::H8 && SV::H8 && SK::QK % (D / 4) == 0 && SV::QK % (D / 8) == 0) {
+        launch_fattn<D, 1, G>(ctx, dst, tq_flash_attn_ext_mma<D, G, type_K, type_V>, TQ_FA_NTHREADS / WARP_SIZE, 0,
+            16 * (TQ_FA_NTHREADS / WARP_SIZE), false, false, false, false);
+    } else {
+        constexpr int T = tq_fa_rows<D, G, type_K, type_V>();
+        constexpr size_t nbytes = tq_fa_smem<D, G, SK, SV>::bytes(T);
+        fattn_kernel_t kernel = tq_flash_attn_ext_vec<D, G, type_K, type_V>;
+        CUDA_SET_SHARED_MEMORY_LIMIT(kernel, nbytes);
+        launch_fattn<D, 1, G>(ctx, dst, kernel, TQ_FA_NTHREADS / WARP_SIZE, nbytes, T, false, false, false, false);
+    }
 }
 
 /* One FLASH_ATTN_EXT with the kernel above; split-KV and the combine as launch_fattn does
