@@ -51,15 +51,23 @@ FA_DECODE_NAN_AS_CLASS = (
     "the flash-attention decoders (-fa) decode a NaN scale to some NaN: they multiply "
     "without a NaN test, and a GPU multiply returns its canonical NaN, not the scale's"
 )
+FA16_DECODE = (
+    "the GPU flash-attention kernels' fp16 levels (cuda-fa16, turbo2..4) equal the "
+    "reference's float32 levels rounded to fp16 (nearest-even), times d, bit for bit; a NaN "
+    "scale as for the -fa decoders"
+)
 TOLERANCES = {
     "decode": "bit-exact",
     "encode": "bit-exact",
     "rotation": ROTATION_NAN_AS_CLASS,
     "flash-attention decode": FA_DECODE_NAN_AS_CLASS,
+    "flash-attention fp16 levels": FA16_DECODE,
 }
 
 ENCODERS = ("scalar", "simd", "dispatch", "metal", "cuda")
 DECODERS = ("scalar", "simd", "dispatch", "metal", "metal-t4", "cuda", "cuda-fa")
+# Decoders of fp16 levels, checked against reference_fp16_levels; formats of at most 4 bits.
+FP16_DECODERS = ("cuda-fa16",)
 ROTATORS = ("scalar", "simd", "dispatch")
 
 CHUNK = 32768
@@ -99,6 +107,16 @@ def library_file(lib_dir: Path, stem: str) -> Path:
     )
 
 
+def reference_fp16_levels(blocks: np.ndarray, fmt: Format) -> np.ndarray:
+    """What the GPU flash-attention kernels decode from blocks (vectors x nbytes bytes):
+    vectors x block float32 values d * float(fp16(C[idx])), the reference's float32 levels
+    rounded to fp16 (nearest-even) and multiplied by the fp16 scale d in float32."""
+    indices, d_bits = ref.unpack(blocks, fmt)
+    levels = ref.float32_levels(fmt.bits, fmt.block).astype(np.float16).astype(np.float32)
+    scale = np.asarray(d_bits, np.uint16).view(np.float16).astype(np.float32)
+    return scale[:, None] * levels[indices]
+
+
 class Kernels:
     """libturboquant and the Metal and CUDA shims, loaded with ctypes; with ``gpu`` also the
     CUDA GPU runner (libturboquant_cuda_gpu, built by ``--backend cuda``). Raises
@@ -126,12 +144,13 @@ class Kernels:
             self.encoders[name] = runner.tq_cuda_quantize_row
             self.decoders[name] = runner.tq_cuda_dequantize_row
             self.decoders[f"{name}-fa"] = runner.tq_cuda_dequantize_row_fa
+        self.fp16_decoders = {"cuda-fa16": self.cuda.tq_cuda_dequantize_row_fa16}
         self.rotators = {
             (p, d): self.lib[f"tq_rotate_{d}{s}"]
             for p, s in suffix.items()
             for d in ("forward", "inverse")
         }
-        for fn in (*self.encoders.values(), *self.decoders.values()):
+        for fn in (*self.encoders.values(), *self.decoders.values(), *self.fp16_decoders.values()):
             fn.argtypes, fn.restype = row, ctypes.c_int
         for fn in self.rotators.values():
             fn.argtypes, fn.restype = rot, ctypes.c_int
@@ -165,7 +184,7 @@ class Kernels:
         blocks = np.ascontiguousarray(blocks, np.uint8)
         out = np.empty((blocks.shape[0], fmt.block), np.float32)
         self._call(
-            self.decoders[path],
+            self.decoders[path] if path in self.decoders else self.fp16_decoders[path],
             f"{path} decode",
             fmt.bits,
             fmt.block,
@@ -594,6 +613,11 @@ def check_case(case: Case, kernels: Kernels, pool: ThreadPoolExecutor) -> CaseRe
                     got, want, nan_as_class=path.endswith("-fa")
                 )
                 max_err = max(max_err, _max_abs_error(got, want))
+            if fmt.bits <= 4:
+                want16 = reference_fp16_levels(blocks, fmt)
+                for path in kernels.fp16_decoders:
+                    got = kernels.decode(path, fmt, blocks)
+                    bad[f"{path}-decode"] = _row_mismatches(got, want16, nan_as_class=True)
             if case.stats:
                 y = case.data.astype(np.float64)
                 err = np.sum((y - want) ** 2, axis=1) / np.sum(y * y, axis=1)

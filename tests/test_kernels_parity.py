@@ -150,6 +150,7 @@ ROW_FUNCTIONS = [
     ("cuda", "tq_cuda_quantize_row"),
     ("cuda", "tq_cuda_dequantize_row"),
     ("cuda", "tq_cuda_dequantize_row_fa"),
+    ("cuda", "tq_cuda_dequantize_row_fa16"),
 ]
 
 
@@ -188,8 +189,44 @@ def test_rotation_rejects_bad_rows(kernels: parity.Kernels, path: str, direction
 
 
 def test_k_zero_is_a_no_op(kernels: parity.Kernels) -> None:
-    for fn in (*kernels.encoders.values(), *kernels.decoders.values()):
+    for fn in (
+        *kernels.encoders.values(),
+        *kernels.decoders.values(),
+        *kernels.fp16_decoders.values(),
+    ):
         assert fn(4, 128, None, None, 0) == 0
+
+
+def test_corrupted_fp16_levels_are_caught(
+    lib_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU kernels' fp16 levels are checked bit for bit: levels rounded toward zero
+    instead of to nearest (what a float -> half truncation would give) are reported."""
+
+    def truncated(blocks: np.ndarray, fmt: ref.Format) -> np.ndarray:
+        indices, d_bits = ref.unpack(blocks, fmt)
+        levels = ref.float32_levels(fmt.bits, fmt.block)
+        bits16 = levels.view(np.uint32) >> 13  # drop the low mantissa bits: round to zero
+        levels = ((bits16 << 13).view(np.float32)).astype(np.float16).astype(np.float32)
+        scale = np.asarray(d_bits, np.uint16).view(np.float16).astype(np.float32)
+        return scale[:, None] * levels[indices]
+
+    monkeypatch.setattr(parity, "reference_fp16_levels", truncated)
+    case = "turbo3/n128/gaussian/seed=0/m=500"
+    with pytest.raises(ParityError, match=re.escape(case)):
+        parity.run_parity(lib_dir, vectors=2000, filter=case, json_out=tmp_path / "p.json")
+    (result,) = json.loads((tmp_path / "p.json").read_text())["cases"]
+    assert result["mismatches"]["cuda-fa16-decode"] > 0
+    assert all(v == 0 for k, v in result["mismatches"].items() if k != "cuda-fa16-decode")
+
+
+def test_fp16_levels_have_no_5_bit_path(kernels: parity.Kernels) -> None:
+    """turbo5 (32 levels) has no fp16 byte-permute path: the shim says so, not a wrong row."""
+    fn = kernels.fp16_decoders["cuda-fa16"]
+    src = np.zeros(82, np.uint8)
+    dst = np.full(128, 7.0, np.float32)
+    assert fn(5, 128, src.ctypes.data, dst.ctypes.data, 128) == -1
+    assert np.all(dst == 7.0)
 
 
 def test_fp16_conversion_matches_numpy(kernels: parity.Kernels) -> None:

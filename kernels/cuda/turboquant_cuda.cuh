@@ -369,19 +369,19 @@ template <int B, int N> struct tq_cu_staged {
         }
         for (int h = 0; h < 2; h++) {
             const uint32_t sh = s >> (16 * h);
-            uint32_t lo;
-            uint32_t hi;
+            uint32_t lb; /* the low bytes of the 4 levels */
+            uint32_t hb; /* their high bytes */
             if (B == 4) {
                 /* levels 0-7 or 8-15 per byte: selector nibble i = i + 4 * top bit */
                 const uint32_t ch = (c >> (16 * h)) * 4u + 0x3210u;
-                lo = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], sh), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], sh), ch);
-                hi = tq_cu_prmt(tq_cu_prmt(t.hi[0], t.hi[1], sh), tq_cu_prmt(t.hi[2 % NT8], t.hi[3 % NT8], sh), ch);
+                lb = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], sh), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], sh), ch);
+                hb = tq_cu_prmt(tq_cu_prmt(t.hi[0], t.hi[1], sh), tq_cu_prmt(t.hi[2 % NT8], t.hi[3 % NT8], sh), ch);
             } else {
-                lo = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], sh);
-                hi = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sh);
+                lb = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], sh);
+                hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sh);
             }
-            out[2 * h] = tq_cu_prmt(lo, hi, 0x5140u);
-            out[2 * h + 1] = tq_cu_prmt(lo, hi, 0x7362u);
+            out[2 * h] = tq_cu_prmt(lb, hb, 0x5140u);
+            out[2 * h + 1] = tq_cu_prmt(lb, hb, 0x7362u);
         }
     }
     /* Values j0 .. j0+7 of the staged block sb: d * lut[idx], one float multiply each (a NaN

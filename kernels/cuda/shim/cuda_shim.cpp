@@ -26,6 +26,13 @@ template <int B, int N> void decode8(const void *src, float *y, int64_t k)
     }
 }
 
+template <int B, int N> void decode8_h(const void *src, float *y, int64_t k)
+{
+    for (int64_t t = 0; t < k / 8; t++) {
+        tq_cu_row_decode8_h<B, N>(static_cast<const uint8_t *>(src), y, t);
+    }
+}
+
 } // namespace
 
 /* An entry point of turboquant_cuda_shim.h: check the row, then run fn<B, N> for its format. */
@@ -42,3 +49,15 @@ template <int B, int N> void decode8(const void *src, float *y, int64_t k)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_quantize_row, quantize, const float *, void *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row, dequantize, const void *, float *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_fa, decode8, const void *, float *)
+
+extern "C" int tq_cuda_dequantize_row_fa16(int bits, int n, const void *src, float *y, int64_t k)
+{
+    if (bits == 5) {
+        return TQ_ERR_FORMAT; /* 32 levels: the kernels decode turbo5 through the float table */
+    }
+    int rc = tq_cu_check_row(bits, n, k);
+    if (rc == TQ_OK) {
+        TQ_CU_FOR_FORMAT(rc, bits, n, decode8_h, src, y, k);
+    }
+    return rc;
+}

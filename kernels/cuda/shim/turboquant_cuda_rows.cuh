@@ -42,6 +42,31 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_decode8(const uint8_t *src, floa
     S::decode8(sb, j0, lut, y + ib * N + j0);
 }
 
+/* Thread t of the GPU flash-attention kernels' decode of turbo2..4: values 8*(t % (N/8))
+ * .. +7 of block t / (N/8) as fp16 levels from the index bits (bits8, levels8_h), then
+ * d * level in float as the output product scales them. B = 5 has no such path. */
+template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_h(const uint8_t *src, float *y, int64_t t)
+{
+    typedef tq_cu_staged<B, N> S;
+    if constexpr (S::H8) {
+        const int64_t ib = t / (N / 8);
+        const int j0 = (int)(t % (N / 8)) * 8;
+        const uint8_t *blk = src + ib * S::NB;
+        typename S::hlut ht;
+        S::hlut_init(ht);
+        uint32_t lo;
+        uint32_t hi;
+        S::bits8(blk, j0, lo, hi);
+        uint32_t h[4];
+        S::levels8_h(lo, hi, ht, h);
+        const float d = tq_cu_block_scale(blk);
+        for (int l = 0; l < 8; l++) {
+            const float level = tq_cu_half_to_float((uint16_t)(h[l / 2] >> (16 * (l % 2))));
+            y[ib * N + j0 + l] = d * level;
+        }
+    }
+}
+
 /* TQ_OK for a format with tables and a whole number of blocks, else the error code. */
 inline int tq_cu_check_row(int bits, int n, int64_t k)
 {
