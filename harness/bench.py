@@ -1,9 +1,11 @@
-"""Speed and KV memory of the cache types, as ratios to f16 measured side by side in one run.
+"""Speed and KV memory of KV cache configurations, as ratios to f16 measured side by side.
 
-This machine is noisy, so absolute tokens/s mean little; the ratios come from llama-bench
-runs interleaved type by type (f16, q8_0, ..., then again), one repetition each, and each
-number is the median over the rounds. KV bytes per token come from llama.cpp's own log line
-(``llama_kv_cache: size = ... K (type): x MiB, V (type): y MiB``), not from nominal bits.
+Machines are noisy, so absolute tokens/s mean little; the ratios come from llama-bench runs
+interleaved configuration by configuration (f16, q8_0, ..., then again), one repetition
+each, and each number is the median over the rounds (the spread is printed beside it). A
+configuration is a K and a V type (``turbo3`` or ``q8_0/turbo3``). KV bytes per token come
+from llama.cpp's own log line (``llama_kv_cache: size = ... K (type): x MiB, V (type): y
+MiB``), not from nominal bits. On a GPU backend every layer is offloaded (-ngl 99).
 """
 
 from __future__ import annotations
@@ -13,40 +15,60 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import proc
+from harness import models, proc, speed_model
+from harness.config import Paths
 from harness.errors import CommandFailed, GateFailed
-from harness.perplexity import KvAllocation, ParseError, kv_allocation
+from harness.perplexity import CacheConfig, KvAllocation, ParseError, kv_allocation
 from harness.progress import Progress
 
-# Issue targets: memory is deterministic and gated; speed is reported against its target.
+# Issue targets: memory is deterministic and gated; speed is reported against its target,
+# per backend: (configuration, pp or tg, depth in tokens) -> ratio to f16. CPU: issue 13's
+# first step; CUDA: issue 10 on the hd128 speed model (-d 0,8192,32768, -p 2048 for pp).
 MEMORY_TARGETS = {"turbo3": 0.20, "turbo4": 0.26}
-SPEED_TARGETS = {
-    ("turbo3", "tg", 0): 0.95,
-    ("turbo3", "tg", 4096): 1.0,
-    ("turbo3", "pp", 0): 0.97,
+SPEED_TARGETS: dict[str, dict[tuple[str, str, int], float]] = {
+    "cpu": {
+        ("turbo3", "tg", 0): 0.95,
+        ("turbo3", "tg", 4096): 1.0,
+        ("turbo3", "pp", 0): 0.97,
+    },
+    "cuda": {
+        ("turbo3", "tg", 0): 0.9,
+        ("turbo3", "tg", 8192): 1.1,
+        ("turbo3", "tg", 32768): 1.35,
+        ("turbo4", "tg", 0): 0.9,
+        ("turbo4", "tg", 8192): 1.05,
+        ("turbo4", "tg", 32768): 1.25,
+        ("q8_0/turbo3", "tg", 32768): 1.0,
+        ("turbo5/turbo3", "tg", 32768): 1.0,
+        ("turbo3", "pp", 32768): 0.9,
+    },
 }
+DEFAULT_CONFIGS = "f16,q8_0,q4_0,turbo3,turbo4"
 
 
 @dataclass(frozen=True)
 class BenchPlan:
-    """One bench run: the model, the cache types (K and V alike, f16 first), KV depths in
-    tokens, prompt and generated tokens per test (pp/tg), interleaved rounds, threads."""
+    """One bench run: the model, the KV configurations (f16 first), KV depths in tokens,
+    prompt and generated tokens per test (pp/tg), interleaved rounds, CPU threads, and the
+    layers offloaded to a GPU (-ngl; None on the CPU)."""
 
     model: Path
-    types: tuple[str, ...] = ("f16", "q8_0", "q4_0", "turbo3", "turbo4")
+    configs: tuple[CacheConfig, ...] = CacheConfig.parse_list(DEFAULT_CONFIGS)
     depths: tuple[int, ...] = (0, 4096)
     n_prompt: int = 512
     n_gen: int = 128
     rounds: int = 3
     threads: int = 2
+    gpu_layers: int | None = None
 
 
 @dataclass
 class TypeResult:
-    """One cache type's results: the type llama.cpp stored (turbo3 may become turbo3_64), KV
-    bytes per token from its log line, and t/s per test key (``tg@4096``), one per round."""
+    """One configuration's results: the K/V types llama.cpp stored (turbo3 may become
+    turbo3_64), KV bytes per token from its log line, and t/s per test key (``tg@4096``),
+    one per round."""
 
-    cache_type: str
+    config: str
     stored_type: str = ""
     kv_bytes_per_token: float = 0.0
     speed: dict[str, list[float]] = field(default_factory=dict)
@@ -56,7 +78,8 @@ class TypeResult:
         return statistics.median(self.speed[key])
 
 
-def _run_one(bench: Path, plan: BenchPlan, cache_type: str, log: Path) -> tuple[list[dict], str]:
+def _run_one(bench: Path, plan: BenchPlan, cfg: CacheConfig, log: Path) -> tuple[list[dict], str]:
+    offload = [] if plan.gpu_layers is None else ["-ngl", str(plan.gpu_layers)]
     out = proc.run(
         [
             bench,
@@ -75,15 +98,16 @@ def _run_one(bench: Path, plan: BenchPlan, cache_type: str, log: Path) -> tuple[
             "-t",
             str(plan.threads),
             "-ctk",
-            cache_type,
+            cfg.k,
             "-ctv",
-            cache_type,
+            cfg.v,
+            *offload,
             "-o",
             "jsonl",
             "-v",
         ],
         log=log,
-        what=f"llama-bench {cache_type}",
+        what=f"llama-bench {cfg.name}",
         quiet=True,
     ).output
     # -v sends llama.cpp's log (the KV line) to stderr, which the wrapper merges with stdout;
@@ -91,7 +115,7 @@ def _run_one(bench: Path, plan: BenchPlan, cache_type: str, log: Path) -> tuple[
     rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"build_commit"')]
     if len(rows) != 2 * len(plan.depths):
         raise CommandFailed(
-            f"llama-bench {cache_type}: expected {2 * len(plan.depths)} results, "
+            f"llama-bench {cfg.name}: expected {2 * len(plan.depths)} results, "
             f"read {len(rows)} (log: {log})"
         )
     return rows, out
@@ -120,16 +144,17 @@ def run_bench(bin_dir: Path, plan: BenchPlan, log: Path) -> dict[str, TypeResult
     ``log``. Raises CommandFailed when llama-bench fails and ParseError when its output lacks
     the JSON rows or the KV log line."""
     bench = bin_dir / "llama-bench"
-    results = {t: TypeResult(t) for t in plan.types}
+    results = {c.name: TypeResult(c.name) for c in plan.configs}
     progress = Progress("llama-bench", every=30)
-    total = plan.rounds * len(plan.types)
+    total = plan.rounds * len(plan.configs)
     for r in range(plan.rounds):
-        for i, t in enumerate(plan.types):
-            progress.steps(r * len(plan.types) + i, total, None)
-            rows, out = _run_one(bench, plan, t, log)
-            res = results[t]
-            kv = first_context_kv(out, f"llama-bench {t}")
-            res.stored_type, res.kv_bytes_per_token = kv.k_type, kv.bytes_per_token
+        for i, cfg in enumerate(plan.configs):
+            progress.steps(r * len(plan.configs) + i, total, None)
+            rows, out = _run_one(bench, plan, cfg, log)
+            res = results[cfg.name]
+            kv = first_context_kv(out, f"llama-bench {cfg.name}")
+            stored = CacheConfig(kv.k_type, kv.v_type)
+            res.stored_type, res.kv_bytes_per_token = stored.name, kv.bytes_per_token
             for row in rows:
                 kind = "pp" if row["n_prompt"] else "tg"
                 res.speed.setdefault(f"{kind}@{row['n_depth']}", []).append(row["avg_ts"])
@@ -137,12 +162,21 @@ def run_bench(bin_dir: Path, plan: BenchPlan, log: Path) -> dict[str, TypeResult
     return results
 
 
-def table(results: dict[str, TypeResult], plan: BenchPlan) -> tuple[str, list[str]]:
-    """Markdown table of medians and ratios to f16; the list of missed targets."""
+def round_ratios(res: TypeResult, base: TypeResult, key: str) -> list[float]:
+    """t/s of ``key`` over f16's of the same round, one ratio per round (the spread)."""
+    return [a / b for a, b in zip(res.speed[key], base.speed[key], strict=True)]
+
+
+def table(
+    results: dict[str, TypeResult], plan: BenchPlan, backend: str = "cpu"
+) -> tuple[str, list[str]]:
+    """Markdown table of medians, ratios to f16 (median, and the range over the rounds) and
+    the backend's SPEED_TARGETS; the list of missed targets."""
     base = results["f16"]
     keys = [f"{k}@{d}" for d in plan.depths for k in ("pp", "tg")]
+    targets = SPEED_TARGETS.get(backend, {})
     head = (
-        "| type | stored as | KV B/token | vs f16 | "
+        "| K/V | stored as | KV B/token | vs f16 | "
         + " | ".join(f"{k.replace('@', ' d')} t/s (vs f16)" for k in keys)
         + " |"
     )
@@ -153,14 +187,16 @@ def table(results: dict[str, TypeResult], plan: BenchPlan) -> tuple[str, list[st
         cells = []
         for k in keys:
             ratio = res.median(k) / base.median(k)
+            per_round = round_ratios(res, base, k)
+            spread = f", {min(per_round):.2f}-{max(per_round):.2f}" if len(per_round) > 1 else ""
             kind, depth = k.split("@")
-            target = SPEED_TARGETS.get((t, kind, int(depth)))
+            target = targets.get((t, kind, int(depth)))
             mark = ""
             if target is not None:
                 mark = f" {'meets' if ratio >= target else 'misses'} {target}"
                 if ratio < target:
                     missed.append(f"{t} {kind} at depth {depth}: {ratio:.2f}x f16 < {target}")
-            cells.append(f"{res.median(k):.1f} ({ratio:.2f}x{mark})")
+            cells.append(f"{res.median(k):.1f} ({ratio:.2f}x{spread}{mark})")
         lines.append(
             f"| {t} | {res.stored_type} | {res.kv_bytes_per_token:.0f} | {mem:.3f} | "
             + " | ".join(cells)
@@ -185,10 +221,37 @@ def check_memory(results: dict[str, TypeResult]) -> None:
 
 
 def write_json(results: dict[str, TypeResult], plan: BenchPlan, path: Path) -> None:
-    """The plan and every round's t/s per type as JSON at ``path``."""
+    """The plan and every round's t/s per configuration as JSON at ``path``."""
     data = {
-        "plan": {**asdict(plan), "model": str(plan.model)},
+        "plan": {
+            **asdict(plan),
+            "model": str(plan.model),
+            "configs": [c.name for c in plan.configs],
+        },
         "results": {t: asdict(r) for t, r in results.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def speed_model_file(paths: Paths, lock: models.Lock, head_dim: int) -> Path:
+    """The random-weight speed model of issue 10 (speed_model.SpeedShape with ``head_dim``
+    64, 128 or 256: 16 layers, n_embd 2048, GQA 2, f16 weights, about 1.0 GB) in the cache,
+    written once from SmolLM2's vocabulary (about 10 s) and reused; a half-written file never
+    takes the final name."""
+    shape = speed_model.SpeedShape(head_dim=head_dim)
+    folder = paths.cache / "speed-models"
+    target = folder / f"llama-hd{head_dim}-l{shape.n_layer}-e{shape.n_embd}-gqa{shape.gqa}.gguf"
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = folder / "smollm2-tokenizer.json.gz"
+    if not tokenizer.is_file():
+        smollm2 = models.ensure_model(paths, lock.model("smollm2-135m"))
+        tmp = tokenizer.with_suffix(".tmp")
+        speed_model.export_tokenizer(smollm2, tmp)
+        tmp.replace(tokenizer)
+    tmp = target.with_suffix(".tmp")
+    speed_model.write_model(tokenizer, tmp, shape)
+    tmp.replace(target)
+    return target

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import git
 
-from harness import bench, corpus, ggml_parity, models, parity, patches, state, suite
+from harness import bench, corpus, ggml_parity, models, parity, patches, state, suite, user_files
 from harness import build as build_mod
 from harness.config import Paths, load_pin
 from harness.errors import CommandFailed, ConfigError, HarnessError
@@ -128,21 +128,36 @@ def cmd_parity(args: argparse.Namespace, paths: Paths) -> None:
 
 def cmd_bench(args: argparse.Namespace, paths: Paths) -> None:
     """`bench`: llama-bench ratios to f16, a JSON report, the KV memory gate."""
-    built = _built(paths)
+    configs = CacheConfig.parse_list(args.configs)
+    given = [
+        o for o, v in (("--model-file", args.model_file), ("--speed-model", args.speed_model)) if v
+    ]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} both name the model", hint="give one of them")
+    built = _built(paths, args.backend)
     lock = models.load_lock(paths.repo / "models.toml")
-    model = models.ensure_model(paths, lock.model(args.model))
+    if args.model_file:
+        model = user_files.check_model(args.model_file)
+    elif args.speed_model:
+        model = bench.speed_model_file(paths, lock, args.speed_model)
+    else:
+        model = models.ensure_model(paths, lock.model(args.model))
     plan = bench.BenchPlan(
         model=model,
-        types=tuple(args.types.split(",")),
+        configs=configs,
         depths=tuple(int(d) for d in args.depths.split(",")),
         n_prompt=args.pp,
         n_gen=args.tg,
         rounds=args.rounds,
         threads=args.threads,
+        gpu_layers=None if args.backend == "cpu" else 99,
     )
     results = bench.run_bench(built.bin, plan, paths.logs / "bench.log")
-    text, missed = bench.table(results, plan)
-    print(f"\nllama-bench on {args.model} ({plan.rounds} interleaved rounds, medians)\n{text}")
+    text, missed = bench.table(results, plan, args.backend)
+    print(
+        f"\nllama-bench on {model.name}, {args.backend} ({plan.rounds} interleaved rounds, "
+        f"medians; ratio to f16: median, range over the rounds)\n{text}"
+    )
     for line in missed:
         print(f"speed target missed: {line}")
     out = _report_path(paths, "bench")
@@ -368,10 +383,27 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="llama-bench speed and KV memory per cache type, vs f16")
     p.add_argument("--model", default="smollm2-135m", help="model name from models.toml")
+    p.add_argument("--model-file", type=Path, help="your own GGUF instead of --model")
     p.add_argument(
-        "--types",
-        default=",".join(bench.BenchPlan.types),
-        help="cache types (K and V alike), f16 first",
+        "--speed-model",
+        type=int,
+        choices=[64, 128, 256],
+        metavar="HEAD_DIM",
+        help="issue 10's random-weight llama of this head size (16 layers, n_embd 2048, GQA "
+        "2, f16, 1.0 GB; written once into the cache) instead of --model",
+    )
+    p.add_argument(
+        "--configs",
+        default=bench.DEFAULT_CONFIGS,
+        help="comma-separated KV configurations, TYPE (K and V alike) or K/V; f16 is added "
+        "first when missing",
+    )
+    p.add_argument(
+        "--backend",
+        choices=[b.value for b in build_mod.Backend],
+        default="cpu",
+        help="run build/BACKEND/bin/llama-bench (`nox -s build -- --backend BACKEND`); metal "
+        "and cuda offload every layer (-ngl 99)",
     )
     p.add_argument("--depths", default="0,4096", help="KV depths to measure at")
     p.add_argument("--pp", type=int, default=512, help="prompt tokens (pp test)")

@@ -64,6 +64,31 @@ class CacheConfig:
         """f16 K and V: the configuration the others are measured against."""
         return self.k == "f16" and self.v == "f16"
 
+    @classmethod
+    def parse_list(cls, text: str) -> tuple[CacheConfig, ...]:
+        """Comma-separated configurations, each of known cache types (CACHE_TYPES), f16
+        first (added when missing: every ratio is to it), no repeats. Raises ConfigError
+        (exit 11) naming the first unreadable or unknown one."""
+        configs = [cls.parse(c) for c in text.split(",") if c.strip()]
+        for cfg in configs:
+            for t in (cfg.k, cfg.v):
+                if t not in CACHE_TYPES:
+                    raise ConfigError(
+                        f"unknown cache type {t!r} in {cfg.name!r}",
+                        hint=f"use cache types among {', '.join(CACHE_TYPES)}",
+                    )
+        base = cls("f16", "f16")
+        ordered = [base] + [c for c in configs if c != base]
+        return tuple(dict.fromkeys(ordered))
+
+
+# Cache types llama.cpp's -ctk/-ctv take in this build (upstream's and patch 0003's turbo
+# names; a turbo type on heads of 64 is stored as its block-64 variant).
+CACHE_TYPES = (
+    "f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl",
+    "turbo2", "turbo3", "turbo4", "turbo5", "turbo2_64", "turbo3_64", "turbo4_64", "turbo5_64",
+)  # fmt: skip
+
 
 # --- parsing -------------------------------------------------------------------------------
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from harness import bench
-from harness.perplexity import ParseError
+from harness import bench, models, speed_model
+from harness.config import Paths
+from harness.perplexity import CacheConfig, ParseError
 
 # Lines of a real `llama-bench -v -d 0,4096` log (SmolLM2, f16; one context per test).
 CONTEXT = bench.CONTEXT_START + "\nllama_context: n_ctx                 = {cells}\n"
@@ -51,7 +53,7 @@ def test_bench_runs_at_two_depths() -> None:
     """The session users run, shrunk: two depths make llama-bench build several contexts."""
     subprocess.run([sys.executable, "-m", "harness", "build"], check=True, capture_output=True)
     out = subprocess.run(
-        [sys.executable, "-m", "harness", "bench", "--types", "f16,turbo3",
+        [sys.executable, "-m", "harness", "bench", "--configs", "f16,turbo3,q8_0/turbo3",
          "--depths", "0,64", "--pp", "16", "--tg", "4", "--rounds", "1"],
         capture_output=True,
         text=True,
@@ -59,4 +61,63 @@ def test_bench_runs_at_two_depths() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "| turbo3 | turbo3_64 |" in out.stdout
+    assert "| q8_0/turbo3 | q8_0/turbo3_64 |" in out.stdout  # SmolLM2's heads of 64
     assert "pp d64" in out.stdout
+
+
+def test_configs_are_pairs_with_f16_first() -> None:
+    configs = CacheConfig.parse_list("turbo3, q8_0/turbo3,turbo3,f16")
+    assert [c.name for c in configs] == ["f16", "turbo3", "q8_0/turbo3"]
+    assert configs[2] == CacheConfig("q8_0", "turbo3")
+
+
+def _result(name: str, stored: str, kv: float, **speed: list[float]) -> bench.TypeResult:
+    res = bench.TypeResult(name, stored, kv)
+    res.speed = {k.replace("_", "@"): v for k, v in speed.items()}
+    return res
+
+
+def test_table_shows_the_spread_and_the_backend_targets() -> None:
+    """Ratios are per round against f16 of the same round; CUDA's targets are issue 10's."""
+    plan = bench.BenchPlan(
+        model=Path("m.gguf"), configs=CacheConfig.parse_list("f16,turbo3"), depths=(32768,)
+    )
+    results = {
+        "f16": _result("f16", "f16", 1000, pp_32768=[100.0, 200.0], tg_32768=[600.0, 590.0]),
+        "turbo3": _result("turbo3", "turbo3", 200, pp_32768=[90.0, 190.0], tg_32768=[612.0, 620.0]),
+    }
+    text, missed = bench.table(results, plan, "cuda")
+    row = next(line for line in text.splitlines() if line.startswith("| turbo3 |"))
+    # tg: 612/600 = 1.02 and 620/590 = 1.05 per round; median t/s 616 over 595: 1.04
+    assert "1.02-1.05 misses 1.35" in row
+    assert "0.90-0.95 meets 0.9" in row  # pp: 90/100, 190/200
+    assert missed == ["turbo3 tg at depth 32768: 1.04x f16 < 1.35"]
+    _, missed_cpu = bench.table(results, plan, "cpu")
+    assert missed_cpu == []  # no CPU target at depth 32768
+
+
+def test_speed_model_is_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached speed model is reused, and a failed write leaves no file under its name."""
+    paths = Paths(repo=Paths.default().repo, cache=tmp_path, build=tmp_path / "build")
+    lock = models.load_lock(paths.repo / "models.toml")
+    calls: list[Path] = []
+    monkeypatch.setattr(bench.models, "ensure_model", lambda p, pin: tmp_path / "smollm2.gguf")
+    monkeypatch.setattr(
+        bench.speed_model, "export_tokenizer", lambda src, out: out.write_bytes(b"t")
+    )
+
+    def write(tok: Path, out: Path, shape: speed_model.SpeedShape) -> int:
+        calls.append(out)
+        if shape.head_dim == 256:
+            out.write_bytes(b"half")
+            raise OSError("disk full")
+        out.write_bytes(b"GGUF")
+        return 4
+
+    monkeypatch.setattr(bench.speed_model, "write_model", write)
+    first = bench.speed_model_file(paths, lock, 128)
+    assert bench.speed_model_file(paths, lock, 128) == first and len(calls) == 1
+    assert first.name == "llama-hd128-l16-e2048-gqa2.gguf" and first.read_bytes() == b"GGUF"
+    with pytest.raises(OSError):
+        bench.speed_model_file(paths, lock, 256)
+    assert not list(tmp_path.glob("speed-models/llama-hd256*.gguf"))

@@ -90,3 +90,26 @@ def test_one_library_finder_knows_linux_and_macos(tmp_path: Path, name: str) -> 
     assert parity.library_file(tmp_path, "ggml-base") == tmp_path / name
     with pytest.raises(ConfigError, match="holds no libggml-cpu"):
         parity.library_file(tmp_path, "ggml-cpu")
+
+
+@pytest.mark.parametrize(
+    ("configs", "says"),
+    [
+        ("f16,turbo9", "unknown cache type 'turbo9' in 'turbo9'"),
+        ("q8_0/q3_0", "unknown cache type 'q3_0' in 'q8_0/q3_0'"),
+        ("turbo3/", "cannot read the KV configuration 'turbo3/'"),
+    ],
+)
+def test_bad_bench_configs_are_a_config_error(
+    isolated: Path, capsys, configs: str, says: str
+) -> None:
+    """bench --configs is read and checked before anything is built or run."""
+    code = cli.main(["bench", "--configs", configs])
+    err = capsys.readouterr().err
+    assert code == 11 and says in err and "Traceback" not in err
+
+
+def test_bench_takes_one_model(isolated: Path, capsys) -> None:
+    code = cli.main(["bench", "--model-file", str(isolated), "--speed-model", "128"])
+    err = capsys.readouterr().err
+    assert code == 11 and "--model-file and --speed-model both name the model" in err
