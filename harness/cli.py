@@ -16,11 +16,12 @@ from pathlib import Path
 
 import git
 
-from harness import bench, corpus, ggml_parity, models, parity, patches, state, suite, user_files
+from harness import bench, corpus, models, parity, patches, state, suite, user_files
 from harness import build as build_mod
 from harness.config import Paths, load_pin
 from harness.errors import CommandFailed, ConfigError, HarnessError
 from harness.lock import exclusive
+from harness.parity import ggml as parity_ggml
 from harness.perplexity import CacheConfig
 from harness.upstream import FetchMode, Upstream, ensure_upstream
 
@@ -121,7 +122,7 @@ def cmd_parity(args: argparse.Namespace, paths: Paths) -> None:
         gpu=args.backend == "cuda",
     )
     if args.k is None:
-        ggml_parity.run_ggml_parity(
+        parity_ggml.run_ggml_parity(
             built.bin, paths.checkout / "ggml/include/ggml.h", vectors=args.ggml_vectors
         )
 

@@ -211,7 +211,7 @@ def test_corrupted_fp16_levels_are_caught(
         scale = np.asarray(d_bits, np.uint16).view(np.float16).astype(np.float32)
         return scale[:, None] * levels[indices]
 
-    monkeypatch.setattr(parity, "reference_fp16_levels", truncated)
+    monkeypatch.setattr(parity.checks, "reference_fp16_levels", truncated)
     case = "turbo3/n128/gaussian/seed=0/m=500"
     with pytest.raises(ParityError, match=re.escape(case)):
         parity.run_parity(lib_dir, vectors=2000, filter=case, json_out=tmp_path / "p.json")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness import build as build_mod
-from harness import ggml_parity
 from harness.config import Paths
+from harness.parity import ggml as ggml_parity
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import parity
 from harness.errors import ParityError
+from harness.parity.binding import library_file
+from harness.parity.cases import adversarial_rows
 from reference import formats as ref
 
 # float32 summation of at most a few hundred products, against float64: a relative error
@@ -105,8 +106,8 @@ class GgmlLibrary:
 
     def __init__(self, bin_dir: Path, ggml_h: Path) -> None:
         mode = ctypes.RTLD_GLOBAL
-        self.base = ctypes.CDLL(str(parity.library_file(bin_dir, "ggml-base")), mode=mode)
-        self.cpu = ctypes.CDLL(str(parity.library_file(bin_dir, "ggml-cpu")), mode=mode)
+        self.base = ctypes.CDLL(str(library_file(bin_dir, "ggml-base")), mode=mode)
+        self.cpu = ctypes.CDLL(str(library_file(bin_dir, "ggml-cpu")), mode=mode)
         self.base.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
         self.base.ggml_get_type_traits.argtypes = [ctypes.c_int]
         self.cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_CpuTraits)
@@ -182,7 +183,7 @@ def _rows_for(fmt: ref.Format, vectors: int) -> dict[str, np.ndarray]:
             np.float32
         )
     }
-    for kind, data in parity.adversarial_rows(fmt).items():
+    for kind, data in adversarial_rows(fmt).items():
         rows[f"{fmt.name}/adversarial/{kind}"] = data
     return rows
 
