@@ -72,6 +72,13 @@ def state(session: nox.Session) -> None:
     session.run("python", "-m", "harness", "state", *session.posargs)
 
 
+@nox.session(default=False)
+def text(session: nox.Session) -> None:
+    """The pinned texts into the cache, verified. Posargs: `-- --deb PATH` (no apt-get)."""
+    _install(session)
+    session.run("python", "-m", "harness", "text", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite. Posargs go to pytest (e.g. `-- -k patches -x`)."""

@@ -208,6 +208,18 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
     )
 
 
+def cmd_text(args: argparse.Namespace, paths: Paths) -> None:
+    """`text`: the pinned texts of models.toml in the cache, verified: with --deb from a
+    package file given by path (CI runners, machines without apt), else with apt-get."""
+    lock = models.load_lock(paths.repo / "models.toml")
+    if args.deb:
+        print(f"added {corpus.add_deb(paths, lock.text, args.deb)}")
+    for pin in (lock.text, lock.long_text):
+        if pin is not None:
+            text = corpus.ensure_text(paths, pin)
+            print(f"{text.path} ({text.size} bytes, sha256 {text.sha256})")
+
+
 def cmd_state(args: argparse.Namespace, paths: Paths) -> None:
     """`state`: the save/restore checks, a table and a JSON report; raises GateFailed."""
     lock = models.load_lock(paths.repo / "models.toml")
@@ -255,6 +267,15 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("text", help="put the pinned texts of models.toml into the cache, verified")
+    p.add_argument(
+        "--deb",
+        type=Path,
+        help="the pinned package file (or a folder holding it) instead of apt-get: for "
+        "machines without apt and runners whose apt serves another build",
+    )
+    p.set_defaults(func=cmd_text)
 
     p = sub.add_parser("fetch", help="fetch and verify the pinned upstream into the cache")
     _add_source_options(p)

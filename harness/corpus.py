@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness import proc
 from harness.config import Paths
-from harness.errors import CommandFailed, ModelError, ToolMissing
+from harness.errors import CommandFailed, ConfigError, IntegrityError, ModelError, ToolMissing
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,35 @@ def _download(pin: TextPin, directory: Path, log: Path) -> Path:
         proc.run(cmd, cwd=directory, log=log, error=ModelError, what=what)
     if not target.is_file():
         raise ModelError(f"apt-get did not leave {target.name} in {directory}")
+    return target
+
+
+def add_deb(paths: Paths, pin: TextPin, given: Path) -> Path:
+    """Put the pinned package ``given`` (the .deb, or a folder holding ``pin.deb_name``) into
+    the cache's text/, where ensure_text finds it instead of calling apt-get: for machines
+    without apt (macOS) and CI runners whose apt serves another build of the package.
+    Raises ConfigError (exit 11) when there is no such file and IntegrityError (exit 14)
+    when its sha256 is not the pin's; the cache is then left as it was."""
+    deb = given / pin.deb_name if given.is_dir() else given
+    if not deb.is_file():
+        raise ConfigError(
+            f"--deb {given}: no file {deb.name} there",
+            hint=f"give the path of {pin.deb_name} (`apt-get download "
+            f"{pin.package}={pin.version}` on a Debian machine writes it)",
+        )
+    data = deb.read_bytes()
+    digest = _sha256(data)
+    if digest != pin.sha256:
+        raise IntegrityError(
+            f"{deb} has sha256 {digest}, models.toml pins {pin.sha256} for {pin.deb_name}",
+            hint="take the package from Debian itself (another distribution's rebuild has "
+            "other bytes)",
+        )
+    target = paths.cache / "text" / pin.deb_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
     return target
 
 

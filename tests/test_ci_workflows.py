@@ -142,15 +142,21 @@ def test_the_workflows_run_what_the_readme_promises() -> None:
     pr = runs("pr.yml")
     assert pr["lint"][-1] == "nox -s lint"
     assert [c for c in pr["linux"] if c.startswith("nox")] == [
+        "nox -s text -- --deb text",
         "nox -s build",
         "nox -s tests",
         "nox -s parity",
         "nox -s perplexity -- --quick",
     ]
     assert "ci/install-debian-deps.sh" in pr["linux"]
+    # the pinned text comes from Debian's container, never from the runner's (Ubuntu) apt
+    linux = pr["linux"]
+    assert linux.index("ci/debian-text-deb.sh text") < linux.index("nox -s text -- --deb text")
+    assert linux.index("nox -s text -- --deb text") < linux.index("nox -s build")
 
     release = runs("release.yml")
     hosted = [c for c in release["macos"] if c.startswith("nox")]
+    assert hosted.pop(0) == "nox -s text -- --deb text"
     assert hosted[0].startswith("nox -s build -- --backend metal ")
     assert "-D GGML_METAL_EMBED_LIBRARY=OFF" in hosted[0] and "--target ggml-metal-lib" in hosted[0]
     assert hosted[2:] == ["nox -s parity", "nox -s perplexity -- --quick"]
@@ -159,12 +165,15 @@ def test_the_workflows_run_what_the_readme_promises() -> None:
         for c in release["macos"]
     )
     assert [c for c in release["metal"] if not c.startswith("echo")][1:] == [
-        "ci/fetch-pinned-text.py",
+        "nox -s text -- --deb text",
         "nox -s build -- --backend metal",
         "ci/backend-ops.sh build/metal MTL0",
         "nox -s perplexity -- --backend metal",
     ]
+    assert release["text"] == ["ci/debian-text-deb.sh text"]
+    assert "nox -s text -- --deb text" in release["macos"]
     wf = _workflow(REPO_ROOT / ".github" / "workflows" / "release.yml")
+    assert wf["jobs"]["macos"]["needs"] == ["text"] and wf["jobs"]["metal"]["needs"] == ["text"]
     assert wf["jobs"]["metal"]["runs-on"] == ["self-hosted", "macOS", "ARM64", "metal"]
     assert wf["jobs"]["macos"]["runs-on"] == "macos-14"
     assert wf["jobs"]["publish"]["needs"] == ["macos", "metal"]

@@ -87,3 +87,48 @@ def test_pinned_text_is_extracted_to_the_same_bytes_twice(pin: TextPin) -> None:
     assert len(first) <= pin.size
     assert first.startswith(b"GNU Coding Standards\n\nThe GNU coding standards, last updated")
     assert first.decode("ascii").isascii()
+
+
+def _isolated_cli(tmp_path, monkeypatch):
+    from harness import cli
+
+    monkeypatch.setenv("TQH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TQH_BUILD_DIR", str(tmp_path / "build"))
+    return cli
+
+
+def test_text_from_a_given_deb_needs_no_apt(tmp_path, monkeypatch, capsys) -> None:
+    """`python -m harness text --deb PATH` (what CI runs): the pinned package by path goes
+    into the cache and both pinned texts come out of it, with apt-get nowhere on PATH."""
+    lock = load_lock(REPO_ROOT / "models.toml")
+    deb = Paths.default().cache / "text" / lock.text.deb_name
+    if not deb.is_file():
+        ensure_text(Paths.default(), lock.text)  # apt-get download, once per machine
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / deb.name).write_bytes(deb.read_bytes())
+    cli = _isolated_cli(tmp_path, monkeypatch)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    assert cli.main(["text", "--deb", str(given)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"sha256 {lock.text.text_sha256}" in out and f"sha256 {lock.long_text.text_sha256}" in out
+    )
+    assert (tmp_path / "cache" / "text" / deb.name).read_bytes() == deb.read_bytes()
+
+
+def test_text_refuses_a_deb_that_is_not_the_pin(tmp_path, monkeypatch, capsys) -> None:
+    """Another build of the package (e.g. Ubuntu's) is refused with exit 14, and nothing is
+    put into the cache; a path with no package is exit 11."""
+    lock = load_lock(REPO_ROOT / "models.toml")
+    other = tmp_path / lock.text.deb_name
+    other.write_bytes(b"!<arch>\nnot debian's bytes\n")
+    cli = _isolated_cli(tmp_path, monkeypatch)
+    assert cli.main(["text", "--deb", str(other)]) == 14
+    err = capsys.readouterr().err
+    assert f"models.toml pins {lock.text.sha256}" in err and "Traceback" not in err
+    assert not (tmp_path / "cache" / "text").exists() or not any(
+        (tmp_path / "cache" / "text").iterdir()
+    )
+    assert cli.main(["text", "--deb", str(tmp_path / "nowhere")]) == 11
+    assert f"no file {'nowhere'}" in capsys.readouterr().err
