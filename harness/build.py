@@ -5,6 +5,8 @@ the kernels' CMake files, options, compiler and tool versions) in ``tqh-configur
 and is wiped when any of it changes, instead of trusting a stale CMake cache. Kernel
 *sources* are not part of that record: ninja tracks them, so editing one kernel file
 rebuilds only what depends on it.
+
+``build_kernels`` builds kernels/ alone, without llama.cpp, for the tests and parity.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from harness import proc
-from harness.config import Paths
+from harness.config import REPO_ROOT, Paths
 from harness.errors import BuildError, ConfigError
 from harness.progress import NINJA_STEP, Progress
 
@@ -244,3 +247,40 @@ def build(
     steps = sum(1 for line in out.output.splitlines() if NINJA_STEP.match(line))
     progress.done(f"{steps} step(s)" if steps else "up to date, nothing rebuilt")
     return BuildResult(directory, steps, reset, record)
+
+
+KERNELS = REPO_ROOT / "kernels"
+SANITIZE_FLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+
+
+def build_kernels(build_dir: Path, *, sanitize: bool = False, defines: Sequence[str] = ()) -> Path:
+    """Configure and build kernels/ alone in ``build_dir`` (libturboquant, the Metal and
+    CUDA shims, tq_selftest, tq_bench), for the tests and parity runs without llama.cpp (the
+    llama.cpp build compiles the same CMake project through add_subdirectory); return the
+    directory of the built libraries and programs. ``sanitize`` builds everything with ASan
+    and UBSan; ``defines`` are more ``-DNAME=VALUE`` options (a cross compiler, for
+    instance). ccache as for llama.cpp (the shared cache). Raises BuildError."""
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    flags = SANITIZE_FLAGS if sanitize else ""
+    launcher_defines, env = _ccache(Paths.default())
+    options = [
+        f"-DCMAKE_BUILD_TYPE={'RelWithDebInfo' if sanitize else 'Release'}",
+        f"-DCMAKE_C_FLAGS={flags}",
+        f"-DCMAKE_CXX_FLAGS={flags}",
+        f"-DCMAKE_EXE_LINKER_FLAGS={flags}",
+        f"-DCMAKE_SHARED_LINKER_FLAGS={flags}",
+        *launcher_defines,
+    ]
+    log = build_dir / "kernels-build.log"
+    proc.run(
+        ["cmake", "-G", "Ninja", "-S", KERNELS, "-B", build_dir, *options, *defines],
+        log=log,
+        env=env,
+        error=BuildError,
+        what="configure kernels",
+    )
+    proc.run(
+        ["cmake", "--build", build_dir], log=log, env=env, error=BuildError, what="build kernels"
+    )
+    return build_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import proc
-from harness.kernels_build import KERNELS
+from harness.build import KERNELS
 
 PARENT = """\
 cmake_minimum_required(VERSION 3.16)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import parity, proc
-from harness.kernels_build import build_kernels
+from harness.build import build_kernels
 
 CROSS = {
     "CMAKE_SYSTEM_NAME": "Linux",

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from harness import parity
+from harness.build import build_kernels
 from harness.errors import ConfigError, ParityError
-from harness.kernels_build import build_kernels
 from reference import codebook
 from reference import formats as ref
 

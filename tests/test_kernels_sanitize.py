@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import parity, proc
-from harness.kernels_build import build_kernels
+from harness.build import build_kernels
 
 # Rows per case: enough to reach every adversarial value, small enough for an instrumented
 # build to replay every format in seconds.
