@@ -187,18 +187,24 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
             hint="give --chunks a positive number, or leave it out for the suite's own",
         )
 
+    if args.quick and args.suite not in (None, "quick"):
+        raise ConfigError(
+            f"--quick and --suite {args.suite} name two suites",
+            hint="give one of them (--quick is --suite quick)",
+        )
     # `pinned` and `long` name models.toml's texts; anything else is a path (./long for a
-    # file called long)
-    text_file = None if args.text in TEXT_KEYWORDS else Path(args.text)
+    # file called long); none given: the suite's own (the long suite reads `long`)
+    text_file = None if args.text in (None, *TEXT_KEYWORDS) else Path(args.text)
     suite.run(
         paths,
         suite.SuiteOptions(
             quick=args.quick,
+            suite=args.suite,
             models=names(args.models),
             configs=names(args.configs),
             chunks=args.chunks,
             ctx=args.ctx,
-            long_text=args.text == "long",
+            long_text=None if args.text is None else args.text == "long",
             text_file=text_file,
             model_file=args.model_file,
             threads=args.threads,
@@ -336,6 +342,14 @@ def parser() -> argparse.ArgumentParser:
         help="the [suite.quick] of gates.toml: SmolLM2 only, fewer chunks and configurations "
         "(about 3 minutes on 2 cores)",
     )
+    p.add_argument(
+        "--suite",
+        choices=suite.SUITES,
+        help="the suite of gates.toml to run: default ([suite]), quick ([suite.quick]) or long "
+        "([suite.long], not in the default run): every model at 512 and at a long context "
+        "(SmolLM2 8192, Gemma 3 16384) on the long text, the gates at each length, and the "
+        "growth of each configuration's KLD from 512 to the long context against q4_0's",
+    )
     p.add_argument("--models", help="comma-separated model names from models.toml")
     p.add_argument(
         "--model-file",
@@ -349,21 +363,26 @@ def parser() -> argparse.ArgumentParser:
         "--configs",
         help="comma-separated KV configurations: TYPE or K/V (e.g. f16,q4_0,q8_0/turbo3)",
     )
-    p.add_argument("--chunks", type=int, help="chunks (windows of --ctx tokens) per run")
+    p.add_argument(
+        "--chunks",
+        type=int,
+        help="chunks (windows of --ctx tokens) per run; with --suite long, windows at the "
+        "longest context (each shorter context runs as many as cover the same tokens)",
+    )
     p.add_argument(
         "--ctx",
         type=int,
         help="context length in tokens (default 512); llama-perplexity scores the second half "
         "of each window, so a number rests on chunks x ctx/2 positions; f16 base logits are "
-        "cached per context length",
+        "cached per context length; with --suite long, the long context of every model",
     )
     p.add_argument(
         "--text",
-        default="pinned",
         metavar="pinned|long|PATH",
-        help="pinned: the first 32 KB of the GNU Coding Standards (7,516 SmolLM2 tokens); "
-        "long: all of it (212 KB, about 48K tokens), for --ctx beyond 3,758; or the path of "
-        "your own UTF-8 text (at least 2 x --ctx tokens; ./long for a file called long)",
+        help="pinned (the default, but long for --suite long): the first 32 KB of the GNU "
+        "Coding Standards (7,516 SmolLM2 tokens); long: all of it (212 KB, about 54K SmolLM2 "
+        "and 51K Gemma 3 tokens), for --ctx beyond 3,758; or the path of your own UTF-8 text "
+        "(at least 2 x --ctx tokens; ./long for a file called long)",
     )
     p.add_argument("--threads", type=int, default=2, help="llama-perplexity threads (default 2)")
     p.add_argument(

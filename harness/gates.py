@@ -13,6 +13,12 @@ the gate's subjects: it is checked when they are part of the run, and the config
 it compares them with are added to the run.
 
 Every gate keeps the line number of its ``check`` in the file; a failure names it.
+
+A gate may name the context lengths it judges (``contexts = [512]``: limits measured at one
+length); without that key it judges a run at any length. ``growth(CONFIG)`` is the one
+metric that reads two runs of a depth suite (``[suite.long]``): a configuration's mean KLD at
+the model's longest context divided by its mean KLD at the shortest, on the same text in the
+same run. Gates that read it are judged once per model in such a suite and never elsewhere.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import operator
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import ConfigError, GateFailed
@@ -50,7 +56,9 @@ class Unmeasured(Exception):
 
 
 def _metric_table(
-    bits: Mapping[str, float], results: Mapping[str, RunResult]
+    bits: Mapping[str, float],
+    results: Mapping[str, RunResult],
+    reference: Mapping[str, RunResult] | None = None,
 ) -> dict[str, Callable[[RunResult, str], float]]:
     def need(value: float | None, what: str) -> float:
         if value is None:
@@ -72,6 +80,15 @@ def _metric_table(
         except KeyError as exc:
             raise Unmeasured(f"no [bits] entry for {exc.args[0]}") from None
 
+    def growth(r: RunResult, c: str) -> float:
+        if reference is None:
+            raise Unmeasured("growth needs two context lengths (the depth suite, --suite long)")
+        if c not in reference:
+            raise Unmeasured(f"{c} was not measured at the shorter context")
+        long = need(r.kld and r.kld.value, f"mean KLD of {c}")
+        short = reference[c]
+        return long / need(short.kld and short.kld.value, f"mean KLD of {c} at {short.ctx}")
+
     return {
         "kld": lambda r, c: need(r.kld and r.kld.value, f"mean KLD of {c}"),
         "kld_p99": percentile("99.0%"),
@@ -82,10 +99,22 @@ def _metric_table(
         "same_top": lambda r, c: need(r.same_top_p and r.same_top_p.value, f"same top p of {c}"),
         "kv_bytes": lambda r, c: r.kv.bytes_per_token,
         "bits": nominal,
+        "growth": growth,
     }
 
 
-METRICS = ("kld", "kld_p99", "kld_max", "ppl", "dppl", "rms_dp", "same_top", "kv_bytes", "bits")
+METRICS = (
+    "kld",
+    "kld_p99",
+    "kld_max",
+    "ppl",
+    "dppl",
+    "rms_dp",
+    "same_top",
+    "kv_bytes",
+    "bits",
+    "growth",
+)
 
 
 def _config_arg(node: ast.expr, where: str) -> str:
@@ -150,12 +179,28 @@ def _validate(node: ast.AST, where: str) -> None:
 @dataclass(frozen=True)
 class Gate:
     """One [[gate]] of gates.toml: its line, its check (a comparison of configurations'
-    KLD, PPL or same-top, per bit or not), the models it applies to, the parsed check."""
+    KLD, PPL or same-top, per bit or not, or of their KLD growth with context), the models
+    it applies to, the parsed check, and the context lengths in tokens it judges (None:
+    any)."""
 
     line: int
     check: str
     models: tuple[str, ...]  # ("*",) for every model
     tree: ast.Compare
+    contexts: tuple[int, ...] | None = None
+
+    @property
+    def depth(self) -> bool:
+        """Whether the check reads ``growth()``: judged across two context lengths of a depth
+        suite, once per model, not on a run of one length."""
+        return any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "growth"
+            for n in ast.walk(self.tree)
+        )
+
+    def judges_ctx(self, ctx: int | None) -> bool:
+        """Whether the gate judges a run at ``ctx`` tokens of context (None: unknown, judged)."""
+        return self.contexts is None or ctx is None or ctx in self.contexts
 
     @property
     def subjects(self) -> list[str]:
@@ -174,11 +219,32 @@ class Gate:
 
 @dataclass(frozen=True)
 class Suite:
-    """[suite] or [suite.quick] of gates.toml: models, configurations, chunks of 512 tokens."""
+    """[suite], [suite.quick] or [suite.long] of gates.toml: models, configurations, and
+    chunks (windows of 512 tokens; in a depth suite, windows at each model's longest
+    context). A depth suite also names its text (``pinned`` or ``long``) and the context
+    lengths in tokens each model runs at (the key ``*``: models it does not list)."""
 
     models: tuple[str, ...]
     configs: tuple[str, ...]
     chunks: int
+    text: str | None = None
+    contexts: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> bool:
+        """Whether the suite runs every model at several context lengths."""
+        return bool(self.contexts)
+
+    def contexts_for(self, model: str) -> tuple[int, ...]:
+        """The context lengths in tokens ``model`` runs at, shortest first; raises
+        ConfigError (exit 11) when the suite names none for it and has no ``*`` entry."""
+        found = self.contexts.get(model) or self.contexts.get("*")
+        if not found:
+            raise ConfigError(
+                f"the depth suite names no context lengths for {model}",
+                hint='add it (or "*") to the contexts of [suite.long] in gates.toml, or give --ctx',
+            )
+        return found
 
 
 @dataclass(frozen=True)
@@ -192,6 +258,7 @@ class GateFile:
     quick: Suite
     bits: dict[str, float]
     gates: tuple[Gate, ...]
+    long: Suite | None = None  # [suite.long], the depth suite, where the file has one
 
     def for_model(self, model: str) -> list[Gate]:
         """The gates that judge ``model``."""
@@ -235,6 +302,35 @@ def _suite(table: Mapping[str, object], where: str) -> Suite:
         raise ConfigError(f"{where}: needs models, configs and chunks ({exc!r})") from exc
 
 
+def _depth_suite(table: Mapping[str, object], where: str) -> Suite:
+    """[suite.long]: a suite plus its text and each model's context lengths (at least two,
+    each at least 64 tokens; stored shortest first)."""
+    base = _suite(table, where)
+    text = table.get("text", "long")
+    if text not in ("pinned", "long"):
+        raise ConfigError(f'{where}: text = {text!r}; use "pinned" or "long"')
+    raw = table.get("contexts")
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"{where}: needs contexts = {{ MODEL = [512, LONG], ... }}")
+    contexts: dict[str, tuple[int, ...]] = {}
+    for model, lengths in raw.items():
+        if (
+            not isinstance(lengths, list)
+            or len(lengths) < 2
+            or not all(isinstance(n, int) and n >= 64 for n in lengths)
+            or len(set(lengths)) != len(lengths)
+        ):
+            raise ConfigError(
+                f"{where}: contexts.{model} = {lengths!r}; give two or more different context "
+                "lengths of at least 64 tokens, e.g. [512, 8192]"
+            )
+        contexts[str(model)] = tuple(sorted(lengths))
+    for model in base.models:
+        if model not in contexts and "*" not in contexts:
+            raise ConfigError(f"{where}: contexts names no context lengths for {model}")
+    return Suite(base.models, base.configs, base.chunks, str(text), contexts)
+
+
 def load(path: Path) -> GateFile:
     """Read gates.toml; raises ConfigError (exit 11) naming the line of a gate it cannot
     parse, or the file when it cannot be read."""
@@ -246,6 +342,7 @@ def load(path: Path) -> GateFile:
     suite = data.get("suite", {})
     full = _suite(suite, f"{path.name} [suite]")
     quick = _suite(suite.get("quick", {}), f"{path.name} [suite.quick]")
+    long = _depth_suite(suite["long"], f"{path.name} [suite.long]") if "long" in suite else None
     bits = {str(k): float(v) for k, v in data.get("bits", {}).items()}
     rows = data.get("gate", [])
     lines = _check_lines(raw.decode("utf-8"))
@@ -259,6 +356,13 @@ def load(path: Path) -> GateFile:
         models = row.get("models", ["*"])
         if isinstance(models, str):
             models = [models]
+        contexts = row.get("contexts")
+        if contexts is not None and (
+            not isinstance(contexts, list)
+            or not contexts
+            or not all(isinstance(n, int) and n > 0 for n in contexts)
+        ):
+            raise ConfigError(f"{where}: contexts = {contexts!r}; give context lengths in tokens")
         try:
             tree = ast.parse(row["check"], mode="eval")
         except SyntaxError as exc:
@@ -267,19 +371,30 @@ def load(path: Path) -> GateFile:
         body = tree.body
         if not (isinstance(body, ast.Compare) and len(body.ops) == 1):
             raise ConfigError(f"{where}: a check is one comparison (<, <=, >, >=)")
-        gate = Gate(line, row["check"], tuple(models), body)
+        gate = Gate(
+            line,
+            row["check"],
+            tuple(models),
+            body,
+            None if contexts is None else tuple(contexts),
+        )
         if not gate.subjects:
             raise ConfigError(f"{where}: the left-hand side names no configuration")
+        if gate.depth and contexts is not None:
+            raise ConfigError(
+                f"{where}: a growth() gate compares two context lengths; it takes no contexts"
+            )
         for c in gate.references:
             cfg = CacheConfig.parse(c)
             if cfg.k not in bits or cfg.v not in bits:
                 raise ConfigError(f"{where}: {c} uses a type with no [bits] entry")
         gates.append(gate)
-    for c in (*full.configs, *quick.configs):
+    for c in (*full.configs, *quick.configs, *(long.configs if long else ())):
         cfg = CacheConfig.parse(c)
         if cfg.k not in bits or cfg.v not in bits:
             raise ConfigError(f"{path.name} [suite]: {c} uses a type with no [bits] entry")
-    return GateFile(path, hashlib.sha256(raw).hexdigest(), full, quick, bits, tuple(gates))
+    digest = hashlib.sha256(raw).hexdigest()
+    return GateFile(path, digest, full, quick, bits, tuple(gates), long)
 
 
 @dataclass(frozen=True)
@@ -290,18 +405,25 @@ class Outcome:
     model: str
     passed: bool
     detail: str
+    context: str = ""  # which run of a depth suite, e.g. "c=8192" or "c=8192 vs c=512"
 
     def line(self, path_name: str = "gates.toml") -> str:
         """``ok`` or ``FAIL``, where the gate is, its check and the numbers, on one line."""
         status = "ok  " if self.passed else "FAIL"
-        where = f"{path_name}:{self.gate.line} [{self.model}]"
+        run = f"{self.model}, {self.context}" if self.context else self.model
+        where = f"{path_name}:{self.gate.line} [{run}]"
         return f"{status} {where} {self.gate.check}: {self.detail}"
 
 
 class _Evaluator:
-    def __init__(self, results: Mapping[str, RunResult], bits: Mapping[str, float]) -> None:
+    def __init__(
+        self,
+        results: Mapping[str, RunResult],
+        bits: Mapping[str, float],
+        reference: Mapping[str, RunResult] | None = None,
+    ) -> None:
         self.results = results
-        self.metrics = _metric_table(bits, results)
+        self.metrics = _metric_table(bits, results, reference)
 
     def value(self, node: ast.expr) -> float:
         if isinstance(node, ast.Constant):
@@ -328,12 +450,36 @@ def _fmt(x: float) -> str:
 
 
 def evaluate(
-    gate_file: GateFile, model: str, requested: list[str], results: Mapping[str, RunResult]
+    gate_file: GateFile,
+    model: str,
+    requested: list[str],
+    results: Mapping[str, RunResult],
+    ctx: int | None = None,
 ) -> list[Outcome]:
-    """Check every gate of ``model`` whose subjects were requested; never stop early."""
-    ev = _Evaluator(results, gate_file.bits)
+    """Check every gate of ``model`` whose subjects were requested on ``results``, a run at
+    ``ctx`` tokens of context (None: judged by every gate); never stop early. Gates limited
+    to other context lengths, and ``growth()`` gates, are not judged here."""
+    gates = [g for g in gate_file.for_model(model) if not g.depth and g.judges_ctx(ctx)]
+    return _judge(gates, model, requested, _Evaluator(results, gate_file.bits))
+
+
+def evaluate_growth(
+    gate_file: GateFile,
+    model: str,
+    requested: list[str],
+    long: Mapping[str, RunResult],
+    short: Mapping[str, RunResult],
+) -> list[Outcome]:
+    """Check the ``growth()`` gates of ``model`` whose subjects were requested: ``long`` holds
+    the runs at the model's longest context, ``short`` those at its shortest, on the same
+    text in the same suite run; the other metrics read ``long``."""
+    gates = [g for g in gate_file.for_model(model) if g.depth]
+    return _judge(gates, model, requested, _Evaluator(long, gate_file.bits, short))
+
+
+def _judge(gates: list[Gate], model: str, requested: list[str], ev: _Evaluator) -> list[Outcome]:
     out = []
-    for g in gate_file.for_model(model):
+    for g in gates:
         if not all(s in requested for s in g.subjects):
             continue
         try:

@@ -1,5 +1,8 @@
 """The perplexity report: JSON with everything measured, a Markdown table, PNG plots.
 
+A depth suite (``--suite long``) adds, per model, its mean KLD at every context length, the
+growth from the shortest to the longest, and a plot of KLD against context length.
+
 Written under ``reports/<UTC timestamp>/``; ``reports/latest`` points at the newest (a copy
 where the file system has no symlinks).
 """
@@ -17,7 +20,7 @@ from typing import Any
 
 from harness.gates import GateFile, Outcome
 from harness.models import ModelInfo, ModelPin
-from harness.perplexity import CacheConfig, LoggedModel, RunResult, ppl_change_pct
+from harness.perplexity import CacheConfig, Estimate, LoggedModel, RunResult, ppl_change_pct
 from harness.user_files import UserFile
 
 
@@ -39,6 +42,74 @@ class ModelReport:
     base_key: dict[str, Any] = field(default_factory=dict)
     logged: LoggedModel | None = None
     user: UserFile | None = None
+    ctx: int | None = None  # context length of these runs, tokens
+    chunks: int | None = None  # windows of ctx tokens asked for
+    base_chunks: int | None = None  # windows the f16 base run made (a short text holds fewer)
+    base_seconds: float = 0.0  # the f16 base run's wall time, s (0 when reused from the cache)
+
+    @property
+    def scored_positions(self) -> int | None:
+        """Tokens each number of these runs rests on: windows made x ctx/2 (llama-perplexity
+        scores the second half of each window); None when the context is not recorded."""
+        if self.ctx is None:
+            return None
+        windows = self.base_chunks or self.chunks or 0
+        return windows * self.ctx // 2
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of this model's runs at this context, s: the f16 base and every
+        configuration."""
+        return self.base_seconds + sum(r.seconds for r in self.results.values())
+
+
+def ratio(top: Estimate, bottom: Estimate) -> Estimate:
+    """top / bottom with one standard error, the relative errors added in quadrature (the two
+    treated as independent: runs on the same tokens are positively correlated, so this
+    overstates the error of a ratio of such runs rather than understating it)."""
+    value = top.value / bottom.value
+    rel = math.hypot(top.error / top.value, bottom.error / bottom.value)
+    return Estimate(value, abs(value) * rel)
+
+
+@dataclass
+class DepthReport:
+    """One model of a depth suite: its ModelReport at each context length in tokens
+    (shortest first), and the outcomes of its growth() gates (longest against shortest)."""
+
+    model: str
+    by_ctx: dict[int, ModelReport]
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def contexts(self) -> list[int]:
+        """The context lengths in tokens, shortest first."""
+        return sorted(self.by_ctx)
+
+    @property
+    def configs(self) -> list[str]:
+        """Every configuration run at some context, in the order of the tables."""
+        return list(dict.fromkeys(c for m in self.by_ctx.values() for c in m.configs))
+
+    def kld(self, config: str, ctx: int) -> Estimate | None:
+        """Mean KLD of ``config`` at ``ctx`` tokens with its standard error (None: not
+        measured there)."""
+        r = self.by_ctx[ctx].results.get(config)
+        return None if r is None else r.kld
+
+    def growth(self, config: str) -> Estimate | None:
+        """Mean KLD at the longest context / mean KLD at the shortest (a plain ratio) with its
+        standard error; None when either is missing or zero (f16)."""
+        long, short = self.kld(config, max(self.by_ctx)), self.kld(config, min(self.by_ctx))
+        if long is None or short is None or short.value <= 0 or long.value <= 0:
+            return None
+        return ratio(long, short)
+
+    def growth_vs(self, config: str, reference: str = "q4_0") -> Estimate | None:
+        """``config``'s growth / ``reference``'s growth, the quantity the growth() gates
+        bound, with its standard error; None when either growth is missing."""
+        mine, theirs = self.growth(config), self.growth(reference)
+        return None if mine is None or theirs is None else ratio(mine, theirs)
 
 
 def new_dir(root: Path) -> Path:
@@ -152,17 +223,29 @@ def _logged_line(g: LoggedModel) -> str:
     return "llama.cpp logged: " + ", ".join(parts) + "."
 
 
-def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateFile) -> str:
-    """report.md: the settings, then per model a table of PPL, KLD and same-top with their
-    errors, bits per value and KV bytes, and the gate outcomes."""
+def markdown(
+    report: dict[str, Any],
+    models: list[ModelReport],
+    gate_file: GateFile,
+    depths: list[DepthReport] | None = None,
+) -> str:
+    """report.md: the settings, then (a depth suite) each model's KLD against context length
+    with its growth and growth gates, then per model (and context) a table of PPL, KLD and
+    same-top with their errors, bits per value and KV bytes, and the gate outcomes."""
     s = report["settings"]
+    windows = (
+        f"c={s['ctx']}, {s['chunks']} chunk(s) (each number rests on chunks x c/2 = "
+        f"{s['chunks'] * s['ctx'] // 2} scored positions)"
+        if s.get("ctx")
+        else f"suite {report.get('suite', '?')}: each model at several context lengths (c), "
+        "each number on windows x c/2 scored positions, stated per table"
+    )
     out = [
         f"# Perplexity and KL divergence, {report['created']}",
         "",
         f"Text: {_text_name(report['text'])}, "
         f"{report['text']['bytes']} bytes (sha256 {report['text']['sha256'][:12]}); "
-        f"c={s['ctx']}, {s['chunks']} chunk(s) (each number rests on chunks x c/2 = "
-        f"{s['chunks'] * s['ctx'] // 2} scored positions), {s['threads']} thread(s), "
+        f"{windows}, {s['threads']} thread(s), "
         "flash attention on. "
         f"Build: {report['build'].get('upstream', '?')[:12]} + series "
         f"{str(report['build'].get('series', '?'))[:12]}. Gates: {gate_file.path.name} "
@@ -175,6 +258,10 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
             "the project's, and a pass here is not the project's pass.**",
             "",
         ]
+    for d in depths or []:
+        out += _depth_markdown(d, gate_file)
+    if depths:
+        out += ["![mean KLD against context length](kld-vs-ctx.png)", ""]
     for m in models:
         i = m.info
         window = f", sliding window {i.sliding_window}" if i.sliding_window else ""
@@ -183,8 +270,9 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
             if m.user is not None
             else f"GGUF sha256 {m.pin.sha256[:12]}"
         )
+        at = "" if s.get("ctx") or m.ctx is None else f", c={m.ctx}"
         out += [
-            f"## {m.pin.name}",
+            f"## {m.pin.name}{at}",
             "",
             f"{i.name} ({i.architecture}): {i.layers} layers, {i.n_head} heads / "
             f"{i.n_head_kv} KV heads, head_dim {i.head_dim_k}{window}; {source}. f16 base "
@@ -193,12 +281,20 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
         ]
         if m.logged is not None:
             out += [_logged_line(m.logged), ""]
-        chunks = {r.chunks for r in m.results.values()}
-        if chunks and max(chunks) < s["chunks"]:
+        ctx, asked = m.ctx or s["ctx"], m.chunks or s["chunks"]
+        if at:
             out += [
-                f"The text holds only {max(chunks)} window(s) of {s['ctx']} tokens for this "
-                f"model, so each number rests on {max(chunks) * s['ctx'] // 2} scored "
-                "positions, not the header's.",
+                f"c={ctx}, {m.base_chunks or asked} window(s): each number rests on "
+                f"{m.scored_positions} scored positions; the f16 base and these "
+                f"{len(m.results)} runs took {m.seconds:.0f} s.",
+                "",
+            ]
+        chunks = {r.chunks for r in m.results.values()}
+        if chunks and max(chunks) < asked:
+            out += [
+                f"The text holds only {max(chunks)} window(s) of {ctx} tokens for this "
+                f"model, so each number rests on {max(chunks) * ctx // 2} scored "
+                f"positions, not the {asked * ctx // 2} asked for.",
                 "",
             ]
         out += [
@@ -261,6 +357,52 @@ def markdown(report: dict[str, Any], models: list[ModelReport], gate_file: GateF
     return "\n".join(out)
 
 
+def _est(e: Estimate | None, digits: int = 5) -> str:
+    return "–" if e is None else _pm(e.value, e.error, digits)
+
+
+def _depth_markdown(d: DepthReport, gate_file: GateFile) -> list[str]:
+    """One model's KLD at each context length, growth (longest / shortest) and growth relative
+    to q4_0's, and its growth() gates."""
+    ctxs = d.contexts
+    short, long = ctxs[0], ctxs[-1]
+    positions = ", ".join(f"c={c}: {d.by_ctx[c].scored_positions}" for c in ctxs)
+    out = [
+        f"## {d.model}: KLD against context length",
+        "",
+        f"Mean KLD ± one standard error at each context length, on the same text in this run "
+        f"(each shorter context covers the same tokens as the longest). Scored positions per "
+        f"number: {positions}. Growth = KLD at c={long} / KLD at c={short}; the errors of "
+        "ratios add the relative errors in quadrature.",
+        "",
+        "| config | "
+        + " | ".join(f"KLD c={c}" for c in ctxs)
+        + " | growth | growth ÷ q4_0's | growth gates |",
+        "|---|" + "---|" * (len(ctxs) + 3),
+    ]
+    for c in d.configs:
+        mine = [o for o in d.outcomes if c in o.gate.subjects]
+        failed = [o for o in mine if not o.passed]
+        status = (
+            "–"
+            if not mine
+            else "**FAIL** " + ", ".join(f"line {o.gate.line}" for o in failed)
+            if failed
+            else f"pass ({len(mine)})"
+        )
+        growth = d.growth(c)
+        out.append(
+            f"| {c} | "
+            + " | ".join(_est(d.kld(c, x)) for x in ctxs)
+            + f" | {_est(growth, 3)} | {'–' if c == 'q4_0' else _est(d.growth_vs(c), 3)} "
+            f"| {status} |"
+        )
+    out.append("")
+    out += [f"- `{o.line(gate_file.path.name)}`" for o in d.outcomes]
+    out.append("")
+    return out
+
+
 def _beats_q4_0(m: ModelReport, gate_file: GateFile) -> str:
     q4 = m.results.get("q4_0")
     if q4 is None or q4.kld is None:
@@ -288,9 +430,7 @@ def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> li
     n = len(models)
     # One marker and colour per configuration, the same in every panel, named in a legend:
     # labels written beside the points collide where several sit near 4-4.5 bits.
-    order = list(dict.fromkeys(c for m in models for c in m.configs if c != "f16"))
-    markers = "osD^vP*Xhp<>"
-    style = {c: (f"C{i % 10}", markers[i % len(markers)]) for i, c in enumerate(order)}
+    style = _styles(models)
     fig, axes = plt.subplots(1, n, figsize=(5.0 * n + 2.0, 4.5), squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
         for c in m.configs:
@@ -316,7 +456,7 @@ def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> li
         ax.set_yscale("log")
         ax.set_xlabel("bits per value (K and V averaged)")
         ax.set_ylabel("mean KLD vs f16 KV cache")
-        ax.set_title(m.pin.name)
+        ax.set_title(_title(m, models))
         ax.grid(True, which="both", alpha=0.3)
     handles: dict[str, object] = {}
     for ax in axes[0]:
@@ -350,7 +490,7 @@ def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> li
         top.yaxis.set_major_formatter(plain)
         top.yaxis.set_minor_formatter(plain)
         top.set_ylabel("perplexity")
-        top.set_title(m.pin.name)
+        top.set_title(_title(m, models))
         top.grid(True, axis="y", which="both", alpha=0.3)
         f16 = m.results.get("f16")
         paired = [(i, c) for i, c in enumerate(names) if m.results[c].ppl_ratio is not None]
@@ -378,6 +518,140 @@ def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> li
     return [kld_png, ppl_png]
 
 
+def _title(m: ModelReport, models: list[ModelReport]) -> str:
+    """The model's name, and its context length where the report holds it at several."""
+    several = sum(x.pin.name == m.pin.name for x in models) > 1
+    return f"{m.pin.name}, c={m.ctx}" if several and m.ctx else m.pin.name
+
+
+def _styles(models: list[ModelReport]) -> dict[str, tuple[str, str]]:
+    """A colour and a marker per configuration other than f16, the same in every plot."""
+    order = list(dict.fromkeys(c for m in models for c in m.configs if c != "f16"))
+    markers = "osD^vP*Xhp<>"
+    return {c: (f"C{i % 10}", markers[i % len(markers)]) for i, c in enumerate(order)}
+
+
+def depth_plot(directory: Path, depths: list[DepthReport]) -> tuple[Path, list[str]]:
+    """kld-vs-ctx.png in ``directory`` (matplotlib): per model, mean KLD (log scale) against
+    context length in tokens with one-standard-error bars, one line per configuration, and
+    below it each configuration's KLD relative to its own at the shortest context (the growth
+    the growth() gates bound). Returns the path and the configurations its legend names;
+    the PNG's Description field lists them too. f16 (KLD 0, the base) cannot sit on a log
+    scale: a note in the figure says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda y, _: f"{y:g}")
+    style = _styles([m for d in depths for m in d.by_ctx.values()])
+    n = len(depths)
+    fig, axes = plt.subplots(2, n, figsize=(5.5 * n + 2.0, 8.0), squeeze=False, sharex="col")
+    named: list[str] = []
+    for col, d in enumerate(depths):
+        top, bottom = axes[0][col], axes[1][col]
+        short = d.contexts[0]
+        for c in d.configs:
+            points = [(x, d.kld(c, x)) for x in d.contexts]
+            points = [(x, e) for x, e in points if e is not None and e.value > 0]
+            if c not in style or not points:
+                continue
+            color, marker = style[c]
+            xs = [x for x, _ in points]
+            top.errorbar(
+                xs,
+                [e.value for _, e in points],
+                yerr=[e.error for _, e in points],
+                color=color,
+                marker=marker,
+                capsize=3,
+                label=c,
+            )
+            base = d.kld(c, short)
+            if base is not None and base.value > 0:
+                grown = [(x, ratio(e, base)) for x, e in points if x != short]
+                bottom.errorbar(
+                    [short, *(x for x, _ in grown)],
+                    [1.0, *(g.value for _, g in grown)],
+                    yerr=[0.0, *(g.error for _, g in grown)],
+                    color=color,
+                    marker=marker,
+                    capsize=3,
+                    label=c,
+                )
+            if c not in named:
+                named.append(c)
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(d.contexts, [str(x) for x in d.contexts])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.grid(True, which="both", alpha=0.3)
+        top.set_yscale("log")
+        top.yaxis.set_major_formatter(plain)
+        top.set_ylabel("mean KLD vs f16 KV cache")
+        top.set_title(f"{d.model}: KLD against context length")
+        bottom.axhline(1.0, color="grey", lw=1, ls="--")
+        bottom.set_ylabel(f"KLD / KLD at c={short}")
+        bottom.set_xlabel("context length, tokens (scored: second half of each window)")
+    handles: dict[str, object] = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    legend = fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
+    fig.text(
+        0.99,
+        0.02,
+        "f16: KLD 0 at every context (the base), not drawn on a log scale",
+        ha="right",
+        fontsize=7,
+    )
+    fig.tight_layout(rect=(0, 0.03, 1 - 1.9 / (5.5 * n + 2.0), 1))
+    path = directory / "kld-vs-ctx.png"
+    shown = [t.get_text() for t in legend.get_texts()]
+    listed = ["f16"] + shown if any("f16" in c for d in depths for c in d.configs) else shown
+    fig.savefig(
+        path,
+        dpi=110,
+        metadata={"Description": "mean KLD against context length: " + ", ".join(listed)},
+    )
+    plt.close(fig)
+    return path, shown
+
+
+def _depth_json(d: DepthReport) -> dict[str, Any]:
+    def est(e: Estimate | None) -> dict[str, float] | None:
+        return None if e is None else {"value": e.value, "error": e.error}
+
+    return {
+        "model": d.model,
+        "contexts": d.contexts,
+        "reference_ctx": d.contexts[0],
+        "long_ctx": d.contexts[-1],
+        "scored_positions": {str(c): d.by_ctx[c].scored_positions for c in d.contexts},
+        "seconds": {str(c): d.by_ctx[c].seconds for c in d.contexts},
+        "configs": [
+            {
+                "config": c,
+                "kld": {str(x): est(d.kld(c, x)) for x in d.contexts},
+                "growth": est(d.growth(c)),
+                "growth_vs_q4_0": est(d.growth_vs(c)),
+            }
+            for c in d.configs
+        ],
+        "gates": [
+            {
+                "line": o.gate.line,
+                "check": o.gate.check,
+                "passed": o.passed,
+                "detail": o.detail,
+                "context": o.context,
+            }
+            for o in d.outcomes
+        ],
+    }
+
+
 def _clean(obj: Any) -> Any:
     """JSON has no NaN or infinity; write them as strings rather than invalid JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -396,8 +670,10 @@ def write(
     header: dict[str, Any],
     models: list[ModelReport],
     gate_file: GateFile,
+    depths: list[DepthReport] | None = None,
 ) -> dict[str, Any]:
-    """report.json, report.md and the plots in ``directory``; returns the JSON data."""
+    """report.json, report.md and the plots in ``directory``; returns the JSON data. A depth
+    suite's ``depths`` add their section, the ``depth`` field and kld-vs-ctx.png."""
     report = dict(header)
     report["models"] = [
         {
@@ -409,6 +685,10 @@ def write(
             if m.user is None
             else {"path": m.user.given, "sha256": m.user.sha256, "bytes": m.user.size},
             "metadata": asdict(m.info),
+            "ctx": m.ctx,
+            "chunks": m.chunks,
+            "scored_positions": m.scored_positions,
+            "seconds": m.seconds,
             "llama_cpp": None if m.logged is None else asdict(m.logged),
             "refused": m.refused,
             "base": {"cached": m.base_cached, "key": m.base_key},
@@ -419,15 +699,21 @@ def write(
                     "check": o.gate.check,
                     "passed": o.passed,
                     "detail": o.detail,
+                    "context": o.context,
                 }
                 for o in m.outcomes
             ],
         }
         for m in models
     ]
+    report["depth"] = [_depth_json(d) for d in depths] if depths else None
     (directory / "report.json").write_text(
         json.dumps(_clean(report), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     plots(directory, models, gate_file)
-    (directory / "report.md").write_text(markdown(report, models, gate_file), encoding="utf-8")
+    if depths:
+        depth_plot(directory, depths)
+    (directory / "report.md").write_text(
+        markdown(report, models, gate_file, depths), encoding="utf-8"
+    )
     return report

@@ -1,8 +1,11 @@
 """``python -m harness perplexity``: fetch inputs, run the suite, gate it, write the report.
 
 The models and text are models.toml's, or the user's own GGUF and text given by path
-(``harness.user_files``). The report is written before any error is raised, so a failing run
-still leaves the table that explains it. Runs that could not be made (an unsupported cache
+(``harness.user_files``). A depth suite (``--suite long``, gates.toml's [suite.long]) runs
+every model at several context lengths on one text, judges each length by the gates, and the
+growth of each configuration's KLD from the shortest to the longest by the ``growth()``
+gates. The report is written before any error is raised, so a failing run still leaves the
+table that explains it. Runs that could not be made (an unsupported cache
 type, a crash, output that does not parse) fail the command with exit 23; configurations
 the model's head size rules out (llama.cpp would refuse them) are not run and exit 11;
 otherwise failing gates exit 21.
@@ -17,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,24 +43,36 @@ from harness.perplexity import (
 )
 from harness.user_files import UserFile
 
+SUITES = ("default", "quick", "long")
+
 
 @dataclass(frozen=True)
 class SuiteOptions:
-    """The perplexity command's options: gates.toml's quick suite or a subset of models and
-    configurations, or the user's own GGUF and text (paths); chunks (windows of ``ctx``
-    tokens, 512 unless given), threads, the binary, and the backend."""
+    """The perplexity command's options: a suite of gates.toml (``quick`` or ``suite``) or a
+    subset of models and configurations, or the user's own GGUF and text (paths); chunks
+    (windows of ``ctx`` tokens, 512 unless given; in the depth suite, windows at the longest
+    context, and ``ctx`` replaces that longest context), threads, the binary, and the
+    backend."""
 
     quick: bool = False
+    suite: str | None = None  # one of SUITES; None: "quick" when quick is set, else "default"
     models: tuple[str, ...] | None = None
     configs: tuple[str, ...] | None = None
     chunks: int | None = None
     ctx: int | None = None  # tokens per window; None: 512
-    long_text: bool = False  # models.toml's [long_text] instead of [text]
+    # True: models.toml's [long_text], False: its [text], None: the suite's (the depth suite
+    # names its own, the others read [text])
+    long_text: bool | None = None
     text_file: Path | None = None  # the user's UTF-8 text instead of models.toml's
     model_file: Path | None = None  # the user's GGUF instead of the models of models.toml
     threads: int = 2
     binary: Path | None = None
     backend: str = "cpu"
+
+    @property
+    def suite_name(self) -> str:
+        """The suite of gates.toml to run: ``default`` ([suite]), ``quick`` or ``long``."""
+        return self.suite or ("quick" if self.quick else "default")
 
     @property
     def gpu_layers(self) -> int | None:
@@ -140,10 +155,11 @@ def _report_dir(root: Path) -> Iterator[Path]:
 
 
 def _text(
-    paths: Paths, lock: models.Lock, options: SuiteOptions
+    paths: Paths, lock: models.Lock, options: SuiteOptions, suite: gates.Suite
 ) -> tuple[Path, str, dict[str, object]]:
     """The text the runs read, its sha256, and what the report says of it: the user's file
-    (``--text PATH``), models.toml's [long_text] (``--text long``) or its [text]."""
+    (``--text PATH``), models.toml's [long_text] (``--text long``, or a suite whose text is
+    ``long``) or its [text]."""
     if options.text_file is not None:
         user = user_files.text_file(paths, options.text_file)
         return (
@@ -152,7 +168,8 @@ def _text(
             {"path": user.given, "sha256": user.sha256, "bytes": user.size, "copy": user.path},
         )
     text_pin = lock.text
-    if options.long_text:
+    long_text = options.long_text if options.long_text is not None else suite.text == "long"
+    if long_text:
         if lock.long_text is None:
             raise ConfigError(
                 "--text long: models.toml pins no [long_text]",
@@ -235,10 +252,144 @@ def _refused_error(
     return ConfigError(message, hint=f"measure what the model can take ({hint}){unset}")
 
 
+def _suite(gate_file: gates.GateFile, name: str) -> gates.Suite:
+    """The suite of gates.toml called ``name``; raises ConfigError (exit 11) for a name it
+    does not know or a depth suite the file lacks."""
+    if name == "default":
+        return gate_file.full
+    if name == "quick":
+        return gate_file.quick
+    if name == "long":
+        if gate_file.long is None:
+            raise ConfigError(
+                f"--suite long: {gate_file.path.name} has no [suite.long]",
+                hint="add a [suite.long] table (models, configs, chunks, contexts), or run "
+                "another suite",
+            )
+        return gate_file.long
+    raise ConfigError(f"--suite {name}: no such suite", hint=f"one of {', '.join(SUITES)}")
+
+
+def _contexts(suite: gates.Suite, options: SuiteOptions, model: str) -> tuple[int, ...]:
+    """The context lengths in tokens ``model`` runs at, shortest first: ``--ctx`` (512 when
+    not given) for a suite of one length; the depth suite's lengths for the model, the
+    longest replaced by ``--ctx`` when given."""
+    if not suite.depth:
+        return (options.ctx or RunSettings.ctx,)
+    lengths = suite.contexts_for(model)
+    if options.ctx is None:
+        return lengths
+    if options.ctx <= lengths[0]:
+        raise ConfigError(
+            f"--ctx {options.ctx} with --suite long: the longest context must exceed the "
+            f"shortest, {lengths[0]} tokens, that growth is measured from",
+            hint=f"give --ctx more than {lengths[0]}, or leave it out for the suite's own",
+        )
+    return (*(n for n in lengths if n < options.ctx), options.ctx)
+
+
+@dataclass
+class _Shared:
+    """What every (model, context) measurement of one suite run shares."""
+
+    paths: Paths
+    gate_file: gates.GateFile
+    text_path: Path
+    text_sha256: str
+    identity: dict[str, object]
+    requested: list[str]
+    block64: bool
+    order: dict[str, int]
+    hints: set[str]
+
+    def ordered(self, configs: set[str]) -> list[str]:
+        return sorted(configs, key=lambda c: (self.order.get(c, len(self.order)), c))
+
+
+def _measure(
+    shared: _Shared,
+    runner: Runner,
+    pin: models.ModelPin,
+    user: UserFile | None,
+    gguf: Path,
+    label: str,
+) -> report.ModelReport:
+    """One model at the runner's context length: the f16 base, then every configuration the
+    request and its gates need, judged by the gates of that length. ``label`` names the
+    context in the outcomes of a depth suite ("" otherwise)."""
+    settings = runner.settings
+    gate_file, requested = shared.gate_file, shared.requested
+    key = BaseKey(pin.sha256, shared.text_sha256, shared.identity, settings.ctx, settings.chunks)
+    base, base_run, base_cached = runner.base(pin.name, gguf, shared.text_path, key)
+    logged = base_run.model
+    if user is not None and logged is None:
+        raise ParseError(
+            f"{pin.name}: the f16 base run logged no `print_info:` lines, so nothing "
+            "says what the model is"
+        )
+    info = logged.info(pin.name) if user is not None else models.cached_info(pin, gguf)
+    # llama.cpp's own account of the heads decides what it will refuse
+    heads = logged.info(pin.name) if logged is not None else info
+    wanted = set(gate_file.required(pin.name, requested)) | {"f16"}
+    refused = _refusals(shared.ordered(wanted), heads, shared.block64)
+    runnable = [c for c in requested if c not in refused]
+    plan = set(gate_file.required(pin.name, runnable)) | {"f16"}
+    refused = {c: why for c, why in refused.items() if c in requested or c in plan}
+    to_run = [c for c in shared.ordered(plan) if c not in refused]
+    where = f"{pin.name}{' ' + label if label else ''}"
+    for c, why in refused.items():
+        print(f"{where} {c}: not run, llama.cpp would refuse it: {why}", file=sys.stderr)
+    added = [c for c in to_run if c not in requested]
+    if added:
+        print(
+            f"{where}: also running {', '.join(added)} (the gates compare with them)",
+            file=sys.stderr,
+        )
+    m = report.ModelReport(pin, info, shared.ordered(plan | set(refused)))
+    m.user, m.logged, m.refused = user, logged, dict(refused)
+    m.base_key = {**key.__dict__, "digest": key.digest()}
+    m.base_cached = base_cached
+    m.ctx, m.chunks = settings.ctx, settings.chunks
+    m.base_chunks, m.base_seconds = base_run.chunks, base_run.seconds
+    for config in to_run:
+        try:
+            m.results[config] = runner.candidate(
+                pin.name, gguf, shared.text_path, base, CacheConfig.parse(config)
+            )
+        except HeadSizeRefused as exc:
+            m.refused[config] = str(exc).split(": ", 1)[-1]
+            print(f"{where} {config}: REFUSED: {exc}", file=sys.stderr)
+        except CommandFailed as exc:
+            m.failures[config] = str(exc)
+            shared.hints.add(exc.hint)
+            print(f"{where} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr)
+    judged = [c for c in requested if c not in m.refused]
+    outcomes = gates.evaluate(gate_file, pin.name, judged, m.results, settings.ctx)
+    m.outcomes = [replace(o, context=label) for o in outcomes]
+    return m
+
+
+def _depth(
+    shared: _Shared, pin: models.ModelPin, by_ctx: dict[int, report.ModelReport]
+) -> report.DepthReport:
+    """A model's runs at every context of a depth suite, with its growth() gates judged on
+    the longest against the shortest."""
+    short, long = by_ctx[min(by_ctx)], by_ctx[max(by_ctx)]
+    judged = [c for c in shared.requested if c not in long.refused and c not in short.refused]
+    outcomes = gates.evaluate_growth(
+        shared.gate_file, pin.name, judged, long.results, short.results
+    )
+    label = f"c={long.ctx} vs c={short.ctx}"
+    d = report.DepthReport(pin.name, dict(sorted(by_ctx.items())))
+    d.outcomes = [replace(o, context=label) for o in outcomes]
+    return d
+
+
 def _run(paths: Paths, options: SuiteOptions) -> Path:
     started = time.monotonic()
     gate_file = gates.load(paths.repo / "gates.toml")
-    suite = gate_file.quick if options.quick else gate_file.full
+    suite_name = options.suite_name
+    suite = _suite(gate_file, suite_name)
     lock = models.load_lock(paths.repo / "models.toml")
     requested = [CacheConfig.parse(c).name for c in (options.configs or suite.configs)]
     for c in requested:
@@ -264,83 +415,70 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
             )
         user_files.check_model(options.model_file)  # before a text is fetched or read
     # then the text: its checks are instant, hashing a user's model may take a while
-    text_path, text_sha256, text_header = _text(paths, lock, options)
+    text_path, text_sha256, text_header = _text(paths, lock, options, suite)
     subjects = _models(lock, options, suite)
+    plans = {pin.name: _contexts(suite, options, pin.name) for pin, _ in subjects}
     identity = build_identity(binary)
     version = _version(binary)
     block64 = block64_allowed()
     # f16 first: its run writes (or checks) the base every other run is measured against.
     order = {c: i for i, c in enumerate(("f16", *gate_file.full.configs))}
-
-    def ordered(configs: set[str]) -> list[str]:
-        return sorted(configs, key=lambda c: (order.get(c, len(order)), c))
+    shared = _Shared(
+        paths, gate_file, text_path, text_sha256, identity, requested, block64, order, set()
+    )
 
     with _report_dir(paths.repo / "reports") as directory:
-        runner = Runner(paths, settings, directory / "logs")
         reports: list[report.ModelReport] = []
-        hints: set[str] = set()
+        depths: list[report.DepthReport] = []
         for pin, user in subjects:
             gguf = user.path if user is not None else models.ensure_model(paths, pin)
-            key = BaseKey(pin.sha256, text_sha256, identity, settings.ctx, settings.chunks)
-            base, base_run, base_cached = runner.base(pin.name, gguf, text_path, key)
-            logged = base_run.model
-            if user is not None and logged is None:
-                raise ParseError(
-                    f"{pin.name}: the f16 base run logged no `print_info:` lines, so nothing "
-                    "says what the model is"
-                )
-            info = logged.info(pin.name) if user is not None else models.cached_info(pin, gguf)
-            # llama.cpp's own account of the heads decides what it will refuse
-            heads = logged.info(pin.name) if logged is not None else info
-            wanted = set(gate_file.required(pin.name, requested)) | {"f16"}
-            refused = _refusals(ordered(wanted), heads, block64)
-            runnable = [c for c in requested if c not in refused]
-            plan = set(gate_file.required(pin.name, runnable)) | {"f16"}
-            refused = {c: why for c, why in refused.items() if c in requested or c in plan}
-            to_run = [c for c in ordered(plan) if c not in refused]
-            for c, why in refused.items():
-                print(f"{pin.name} {c}: not run, llama.cpp would refuse it: {why}", file=sys.stderr)
-            added = [c for c in to_run if c not in requested]
-            if added:
+            lengths = plans[pin.name]
+            if not suite.depth:
+                runner = Runner(paths, settings, directory / "logs")
+                reports.append(_measure(shared, runner, pin, user, gguf, ""))
+                continue
+            # Longest first: its base run says how many windows the text holds, and every
+            # shorter context then runs as many windows as cover the same tokens.
+            by_ctx: dict[int, report.ModelReport] = {}
+            covered: int | None = None  # tokens the longest context's windows cover
+            for ctx in sorted(lengths, reverse=True):
+                chunks = settings.chunks if covered is None else max(covered // ctx, 1)
                 print(
-                    f"{pin.name}: also running {', '.join(added)} (the gates compare with them)",
+                    f"{pin.name}: context {ctx}, {chunks} window(s), each number on "
+                    f"{chunks * ctx // 2} scored positions",
                     file=sys.stderr,
                 )
-            m = report.ModelReport(pin, info, ordered(plan | set(refused)))
-            m.user, m.logged, m.refused = user, logged, dict(refused)
-            m.base_key = {**key.__dict__, "digest": key.digest()}
-            m.base_cached = base_cached
-            for config in to_run:
-                try:
-                    m.results[config] = runner.candidate(
-                        pin.name, gguf, text_path, base, CacheConfig.parse(config)
-                    )
-                except HeadSizeRefused as exc:
-                    m.refused[config] = str(exc).split(": ", 1)[-1]
-                    print(f"{pin.name} {config}: REFUSED: {exc}", file=sys.stderr)
-                except CommandFailed as exc:
-                    m.failures[config] = str(exc)
-                    hints.add(exc.hint)
-                    print(
-                        f"{pin.name} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr
-                    )
-            judged = [c for c in requested if c not in m.refused]
-            m.outcomes = gates.evaluate(gate_file, pin.name, judged, m.results)
-            reports.append(m)
+                runner = Runner(
+                    paths, replace(settings, ctx=ctx, chunks=chunks), directory / "logs" / f"c{ctx}"
+                )
+                m = _measure(shared, runner, pin, user, gguf, f"c={ctx}")
+                by_ctx[ctx] = m
+                if covered is None:
+                    covered = min(m.base_chunks or chunks, chunks) * ctx
+            reports += [by_ctx[c] for c in sorted(by_ctx)]
+            depths.append(_depth(shared, pin, by_ctx))
 
         header = {
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": ["python", "-m", "harness", *sys.argv[1:]],
-            "quick": options.quick,
+            "quick": suite_name == "quick",
+            "suite": suite_name,
             "host": {"platform": platform.platform(), "python": platform.python_version()},
             "settings": {
-                "ctx": settings.ctx,
+                "ctx": None if suite.depth else settings.ctx,
                 "batch": 512,
                 "chunks": settings.chunks,
                 "threads": settings.threads,
                 "gpu_layers": settings.gpu_layers,
                 "flash_attn": "on",
                 "turbo_block64": block64,
+                # the depth suite: per model, each context length (tokens) and its windows
+                "contexts": {
+                    name: {str(m.ctx): m.chunks for m in reports if m.pin.name == name}
+                    for name in plans
+                }
+                if suite.depth
+                else None,
             },
             "binary": {"path": str(binary), "version": version},
             "build": identity,
@@ -354,23 +492,30 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
             "text": text_header,
             "wall_seconds": time.monotonic() - started,
         }
-        report.write(directory, header, reports, gate_file)
+        report.write(directory, header, reports, gate_file, depths)
         latest = report.link_latest(paths.repo / "reports", directory)
         outcomes = [o for m in reports for o in m.outcomes]
+        outcomes += [o for d in depths for o in d.outcomes]
         for o in outcomes:
             print(o.line(gate_file.path.name), file=sys.stderr)
         print(f"report: {directory / 'report.md'} (also {latest / 'report.md'})")
 
-        failed_runs = [(m.pin.name, c, e) for m in reports for c, e in m.failures.items()]
+        failed_runs = [
+            (m.pin.name + (f" c={m.ctx}" if suite.depth else ""), c, e)
+            for m in reports
+            for c, e in m.failures.items()
+        ]
         if failed_runs:
             gate_note = sum(not o.passed for o in outcomes)
             lines = "\n".join(f"  {name} {c}: {e.splitlines()[0]}" for name, c, e in failed_runs)
             raise CommandFailed(
                 f"{len(failed_runs)} configuration run(s) could not be measured ({gate_note} "
                 f"gate(s) failed as a result or on their own):\n{lines}\n  report: {directory}",
-                hint="; ".join(sorted(hints)) + " (logs: the report's logs/ folder)",
+                hint="; ".join(sorted(shared.hints)) + " (logs: the report's logs/ folder)",
             )
-        if any(m.refused for m in reports):
-            raise _refused_error(reports, gate_file, directory, block64)
+        # one report per model says what its heads refused (every context refuses the same)
+        first = list({m.pin.name: m for m in reversed(reports)}.values())[::-1]
+        if any(m.refused for m in first):
+            raise _refused_error(first, gate_file, directory, block64)
         gates.raise_on_failures(outcomes, gate_file.path.name)
         return directory

@@ -173,6 +173,44 @@ def test_the_suite_runs_at_the_context_length_asked_for(built: build_mod.BuildRe
     assert "Traceback" not in short.stderr
 
 
+def test_the_long_suite_runs_two_lengths_with_the_real_llama_perplexity(
+    built: build_mod.BuildResult,
+) -> None:
+    """--suite long at a tiny long context (1024, one window; 512 with the two windows that
+    cover the same tokens) on SmolLM2 and the long text: both lengths measured against their
+    own f16 base, the growth of turbo3 and q4_0 reported and gated, the plot written."""
+    import json
+
+    run = [sys.executable, "-m", "harness", "perplexity", "--suite", "long"]
+    run += ["--models", "smollm2-135m", "--configs", "turbo3", "--ctx", "1024", "--chunks", "1"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=900)
+    # one window each is too few to promise the growth gate's verdict: it may fail (exit
+    # 21), nothing else may
+    assert out.returncode in (0, 21), out.stderr[-3000:]
+    latest = Paths.default().repo / "reports/latest"
+    data = json.loads((latest / "report.json").read_text())
+    failed = [g for m in [*data["models"], *data["depth"]] for g in m["gates"] if not g["passed"]]
+    assert all(g["check"].startswith("growth(") for g in failed), failed
+    assert (out.returncode == 21) == bool(failed)
+    assert data["suite"] == "long" and data["text"]["bytes"] == 212048
+    assert data["settings"]["contexts"] == {"smollm2-135m": {"512": 2, "1024": 1}}
+    assert [(m["ctx"], m["scored_positions"]) for m in data["models"]] == [(512, 512), (1024, 512)]
+    for m in data["models"]:
+        assert m["base"]["key"]["ctx"] == m["ctx"]
+        assert {r["ctx"] for r in m["configs"]} == {m["ctx"]}
+    (depth,) = data["depth"]
+    rows = {r["config"]: r for r in depth["configs"]}
+    assert set(rows) == {"f16", "q4_0", "turbo3"}
+    for c in ("q4_0", "turbo3"):
+        k512, k1024 = rows[c]["kld"]["512"]["value"], rows[c]["kld"]["1024"]["value"]
+        assert k512 > 0 and k1024 > 0
+        assert abs(rows[c]["growth"]["value"] - k1024 / k512) < 1e-9
+    (gate,) = depth["gates"]
+    assert gate["check"].startswith("growth(turbo3) <= ") and " <= " in gate["detail"]
+    assert (latest / "kld-vs-ctx.png").read_bytes().startswith(b"\x89PNG")
+    assert "## smollm2-135m: KLD against context length" in (latest / "report.md").read_text()
+
+
 def _harness(args: list[str], cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m harness ARGS`` with its own harness cache (a user's files need nothing
     fetched, so what the run leaves in the cache is all there)."""
