@@ -23,7 +23,7 @@ from enum import Enum
 from pathlib import Path
 
 from harness import proc
-from harness.config import REPO_ROOT, Paths
+from harness.config import REPO_ROOT, Paths, environment
 from harness.errors import BuildError, ConfigError
 from harness.progress import NINJA_STEP, Progress
 
@@ -185,7 +185,7 @@ def _ccache(paths: Paths) -> tuple[list[str], dict[str, str]]:
         "CCACHE_DIR": str(paths.ccache),
         "CCACHE_BASEDIR": str(paths.repo),
         "CCACHE_NOHASHDIR": "true",
-        "CCACHE_MAXSIZE": os.environ.get("CCACHE_MAXSIZE", "2G"),
+        "CCACHE_MAXSIZE": environment().ccache_maxsize,
     }
     return defines, env
 

@@ -18,7 +18,7 @@ import git
 
 from harness import bench, corpus, models, parity, patches, state, suite, user_files
 from harness import build as build_mod
-from harness.config import Paths, load_pin
+from harness.config import Paths, environment, load_pin
 from harness.errors import CommandFailed, ConfigError, HarnessError
 from harness.lock import exclusive
 from harness.parity import ggml as parity_ggml
@@ -31,9 +31,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fetch",
         choices=[m.value for m in FetchMode],
-        default=os.environ.get("TQH_FETCH", FetchMode.SDIST.value),
         help="where the pinned commit comes from: the llama-cpp-python sdist (pip) or git "
-        "(env TQH_FETCH)",
+        "(default: env TQH_FETCH, else sdist)",
     )
     g.add_argument("--git-url", help="override the git URL of upstream.toml (e.g. a mirror)")
     g.add_argument(
@@ -46,7 +45,11 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
 def _upstream(args: argparse.Namespace, paths: Paths) -> Upstream:
     pin = load_pin(paths.pin_file)
     return ensure_upstream(
-        paths, pin, mode=FetchMode(args.fetch), git_url=args.git_url, source=args.source
+        paths,
+        pin,
+        mode=FetchMode(args.fetch or environment().fetch),
+        git_url=args.git_url,
+        source=args.source,
     )
 
 

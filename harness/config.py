@@ -63,6 +63,53 @@ def load_pin(path: Path) -> UpstreamPin:
     return pin
 
 
+@dataclass(frozen=True)
+class Environment:
+    """The harness's environment variables, read in one place (``environment()``), with
+    their defaults: TQH_FETCH (where upstream comes from: ``sdist`` or ``git``),
+    TQH_LOCK_TIMEOUT (seconds a run waits for another's lock, 1800), TQH_KLD_CACHE_GB (GiB
+    of cached f16 base logits kept, 8) and CCACHE_MAXSIZE (ccache's size limit, ``2G``).
+    TQH_CACHE_DIR and TQH_BUILD_DIR are read by ``Paths.default``."""
+
+    fetch: str = "sdist"
+    lock_timeout_s: float = 1800.0
+    kld_cache_bytes: float = 8 * 2**30
+    ccache_maxsize: str = "2G"
+
+
+def _env_number(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # NaN too
+        raise ConfigError(
+            f"{name}={text!r} is not a non-negative number",
+            hint=f"set {name} to a number such as {default:g}, or unset it",
+        )
+    return value
+
+
+def environment() -> Environment:
+    """Environment from the process environment; raises ConfigError (exit 11) naming the
+    variable when one holds a value the harness cannot use."""
+    fetch = os.environ.get("TQH_FETCH", Environment.fetch)
+    if fetch not in ("sdist", "git"):
+        raise ConfigError(
+            f"TQH_FETCH={fetch!r}: upstream comes from `sdist` or `git`",
+            hint="set TQH_FETCH to sdist or git, or unset it",
+        )
+    return Environment(
+        fetch=fetch,
+        lock_timeout_s=_env_number("TQH_LOCK_TIMEOUT", Environment.lock_timeout_s),
+        kld_cache_bytes=_env_number("TQH_KLD_CACHE_GB", 8) * 2**30,
+        ccache_maxsize=os.environ.get("CCACHE_MAXSIZE", Environment.ccache_maxsize),
+    )
+
+
 def default_cache_dir() -> Path:
     """Outside the work tree, so a fresh clone (and CI) reuses the sdist, repo and ccache."""
     if env := os.environ.get("TQH_CACHE_DIR"):

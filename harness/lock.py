@@ -9,14 +9,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness.config import environment
 from harness.errors import CacheLocked
-
-DEFAULT_TIMEOUT_S = float(os.environ.get("TQH_LOCK_TIMEOUT", "1800"))
 
 
 @contextmanager
-def exclusive(path: Path, *, timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
-    """Hold an flock on ``path``; the kernel drops it if the holder dies, so no stale locks."""
+def exclusive(path: Path, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold an flock on ``path``; the kernel drops it if the holder dies, so no stale locks.
+    Waits up to ``timeout`` seconds (default TQH_LOCK_TIMEOUT, 1800), then raises
+    CacheLocked (exit 15)."""
+    if timeout is None:
+        timeout = environment().lock_timeout_s
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

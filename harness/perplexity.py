@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness import proc
 from harness.build import STAMP
-from harness.config import Paths
+from harness.config import Paths, environment
 from harness.errors import CommandFailed, ConfigError, ModelError
 from harness.lock import exclusive
 from harness.models import ModelInfo
@@ -693,7 +693,7 @@ class Runner:
 
 def evict_bases(root: Path, keep: Path) -> None:
     """Drop the least recently used base logits beyond TQH_KLD_CACHE_GB (default 8)."""
-    limit = float(os.environ.get("TQH_KLD_CACHE_GB", "8")) * 2**30
+    limit = environment().kld_cache_bytes
     entries = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp")]
 
     def size(p: Path) -> int:

@@ -113,3 +113,35 @@ def test_bench_takes_one_model(isolated: Path, capsys) -> None:
     code = cli.main(["bench", "--model-file", str(isolated), "--speed-model", "128"])
     err = capsys.readouterr().err
     assert code == 11 and "--model-file and --speed-model both name the model" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("TQH_FETCH", "svn", "TQH_FETCH='svn': upstream comes from `sdist` or `git`"),
+        ("TQH_LOCK_TIMEOUT", "soon", "TQH_LOCK_TIMEOUT='soon' is not a non-negative number"),
+        ("TQH_LOCK_TIMEOUT", "-5", "TQH_LOCK_TIMEOUT='-5' is not a non-negative number"),
+    ],
+)
+def test_a_bad_environment_variable_is_a_config_error(
+    isolated: Path, capsys, monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    """The environment is read in one place (config.environment) and a value the harness
+    cannot use names its variable: exit 11, one line, before anything is fetched."""
+    monkeypatch.setenv(name, value)
+    code = cli.main(["fetch"])
+    err = capsys.readouterr().err
+    assert code == 11 and says in err and "Traceback" not in err
+
+
+def test_the_lock_waits_as_long_as_the_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.errors import CacheLocked
+    from harness.lock import exclusive
+
+    monkeypatch.setenv("TQH_LOCK_TIMEOUT", "0.3")
+    with exclusive(tmp_path / "lock"):
+        with pytest.raises(CacheLocked, match=r"waited 0 s"):
+            with exclusive(tmp_path / "lock"):
+                pass
