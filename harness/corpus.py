@@ -10,7 +10,6 @@ same package gives the same bytes on every machine.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from harness import proc
 from harness.config import Paths
+from harness.digest import sha256_bytes
 from harness.errors import CommandFailed, ConfigError, IntegrityError, ModelError, ToolMissing
 
 
@@ -50,10 +50,6 @@ class Text:
     sha256: str
     size: int
     pin: TextPin
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def deb_member(deb: bytes, member: str) -> bytes:
@@ -175,7 +171,7 @@ def add_deb(paths: Paths, pin: TextPin, given: Path) -> Path:
             f"{pin.package}={pin.version}` on a Debian machine writes it)",
         )
     data = deb.read_bytes()
-    digest = _sha256(data)
+    digest = sha256_bytes(data)
     if digest != pin.sha256:
         raise IntegrityError(
             f"{deb} has sha256 {digest}, models.toml pins {pin.sha256} for {pin.deb_name}",
@@ -197,7 +193,7 @@ def ensure_text(paths: Paths, pin: TextPin) -> Text:
     log = paths.logs / "text.log"
     for attempt in (1, 2):
         deb = _download(pin, directory, log)
-        digest = _sha256(deb.read_bytes())
+        digest = sha256_bytes(deb.read_bytes())
         if digest == pin.sha256:
             break
         deb.unlink()
@@ -206,7 +202,7 @@ def ensure_text(paths: Paths, pin: TextPin) -> Text:
                 f"{pin.deb_name} has sha256 {digest}, the pin in models.toml says {pin.sha256}"
             )
     text = extract(deb.read_bytes(), pin)
-    digest = _sha256(text)
+    digest = sha256_bytes(text)
     if digest != pin.text_sha256:
         raise ModelError(
             f"the normalized text of {pin.deb_name} has sha256 {digest}, the pin says "

@@ -21,10 +21,10 @@ from typing import Any
 from harness import proc
 from harness.config import Paths
 from harness.corpus import TextPin
+from harness.digest import sha256_file
 from harness.errors import ConfigError, ModelError
 from harness.lock import exclusive
 from harness.progress import Progress
-from harness.upstream import sha256_of
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def _bad_wheels(pin: ModelPin, directory: Path) -> list[str]:
     bad = []
     for w in pin.wheels:
         path = directory / w.filename
-        if path.is_file() and sha256_of(path) == w.sha256:
+        if path.is_file() and sha256_file(path)[0] == w.sha256:
             continue
         bad.append(f"{w.filename} ({'sha256 mismatch' if path.is_file() else 'missing'})")
         path.unlink(missing_ok=True)
@@ -185,7 +185,9 @@ def ensure_model(paths: Paths, pin: ModelPin) -> Path:
 
 def _is_verified(target: Path, pin: ModelPin) -> bool:
     return (
-        target.is_file() and target.stat().st_size == pin.size and sha256_of(target) == pin.sha256
+        target.is_file()
+        and target.stat().st_size == pin.size
+        and sha256_file(target)[0] == pin.sha256
     )
 
 

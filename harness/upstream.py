@@ -16,7 +16,6 @@ truncated files) ``git fsck`` decides, and a repository that fails is fetched ag
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import git
 
 from harness import proc
 from harness.config import Paths, UpstreamPin
+from harness.digest import sha256_file
 from harness.errors import ConfigError, FetchError, IntegrityError
 from harness.lock import exclusive
 from harness.progress import Progress
@@ -53,15 +53,6 @@ class Upstream:
     commit: str
     repo: Path
     origin: str
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB pieces."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fingerprint(repo: Path) -> list[list[object]]:
@@ -154,7 +145,7 @@ def _download_sdist(paths: Paths, pin: UpstreamPin, log: Path) -> Path:
     sd = pin.sdist
     target = paths.downloads / sd.filename
     if target.is_file():
-        if sha256_of(target) == sd.sha256:
+        if sha256_file(target)[0] == sd.sha256:
             return target
         print(f"{target} does not match its pinned sha256; fetching it again", file=sys.stderr)
     paths.downloads.mkdir(parents=True, exist_ok=True)
@@ -172,7 +163,7 @@ def _download_sdist(paths: Paths, pin: UpstreamPin, log: Path) -> Path:
         got = Path(tmp) / sd.filename
         if not got.is_file():
             raise FetchError(f"pip download did not produce {sd.filename} (see {log})")
-        digest = sha256_of(got)
+        digest, _ = sha256_file(got)
         if digest != sd.sha256:
             kept = f"; {target} is kept as it was" if target.is_file() else ""
             raise IntegrityError(

@@ -11,18 +11,16 @@ llama.cpp makes of it (architecture, heads, head sizes) comes from its own log.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import Paths
+from harness.digest import sha256_bytes, sha256_file
 from harness.errors import ConfigError, ModelError
-from harness.progress import Progress
 
 GGUF_MAGIC = b"GGUF"
-CHUNK = 1 << 22  # bytes hashed per step (4 MiB)
 
 
 @dataclass(frozen=True)
@@ -57,23 +55,6 @@ def _unreadable(option: str, path: Path, exc: OSError) -> ModelError:
     )
 
 
-def sha256_with_progress(path: Path, label: str) -> tuple[str, int]:
-    """sha256 (hex) and size in bytes of ``path``, read in 4 MiB steps behind a progress line
-    (a model can be many GB). Raises OSError when it cannot be read."""
-    h = hashlib.sha256()
-    total = max(path.stat().st_size, 1)
-    progress = Progress(label, every=10.0)
-    done = 0
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-            done += len(block)
-            eta = progress.elapsed / done * (total - done)
-            progress.steps(min(done * 100 // total, 100), 100, eta)
-    progress.done(f"{done / 2**20:.1f} MiB")
-    return h.hexdigest(), done
-
-
 def check_model(path: Path) -> Path:
     """``path`` resolved, once it is a file that starts with the GGUF magic bytes (4 bytes
     read). Raises ConfigError (exit 11) when there is no file at ``path``, and ModelError
@@ -103,7 +84,7 @@ def model_file(path: Path) -> UserFile:
     shows in the first run, which then ends in a ModelError with llama.cpp's reason."""
     resolved = check_model(path)
     try:
-        digest, size = sha256_with_progress(resolved, f"sha256 of {resolved.name}")
+        digest, size = sha256_file(resolved, f"sha256 of {resolved.name}")
     except OSError as exc:
         raise _unreadable("--model-file", path, exc) from exc
     return UserFile(given=resolved, path=resolved, sha256=digest, size=size)
@@ -160,7 +141,7 @@ def text_file(paths: Paths, path: Path) -> UserFile:
     except OSError as exc:
         raise _unreadable(option, path, exc) from exc
     check_text(data, f"{option} {path}")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     copy = paths.cache / "text" / "user" / f"{digest}.txt"
     if not (copy.is_file() and copy.read_bytes() == data):
         copy.parent.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,6 @@ def test_the_lock_waits_as_long_as_the_environment_says(
     from harness.lock import exclusive
 
     monkeypatch.setenv("TQH_LOCK_TIMEOUT", "0.3")
-    with exclusive(tmp_path / "lock"):
-        with pytest.raises(CacheLocked, match=r"waited 0 s"):
-            with exclusive(tmp_path / "lock"):
-                pass
+    lock = tmp_path / "lock"
+    with exclusive(lock), pytest.raises(CacheLocked, match=r"waited 0 s"), exclusive(lock):
+        pass
