@@ -49,8 +49,9 @@ DEFAULT_CONFIGS = "f16,q8_0,q4_0,turbo3,turbo4"
 @dataclass(frozen=True)
 class BenchPlan:
     """One bench run: the model, the KV configurations (f16 first), KV depths in tokens,
-    prompt and generated tokens per test (pp/tg), interleaved rounds, CPU threads, and the
-    layers offloaded to a GPU (-ngl; None on the CPU)."""
+    prompt and generated tokens per test (pp/tg), interleaved rounds, CPU threads, the
+    layers offloaded to a GPU (-ngl; None on the CPU) and more environment for llama-bench
+    (a peer's switches)."""
 
     model: Path
     configs: tuple[CacheConfig, ...] = CacheConfig.parse_list(DEFAULT_CONFIGS)
@@ -60,6 +61,7 @@ class BenchPlan:
     rounds: int = 3
     threads: int = 2
     gpu_layers: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -107,6 +109,7 @@ def _run_one(bench: Path, plan: BenchPlan, cfg: CacheConfig, log: Path) -> tuple
             "-v",
         ],
         log=log,
+        env=dict(plan.env) or None,
         what=f"llama-bench {cfg.name}",
         quiet=True,
     ).output
@@ -139,20 +142,33 @@ def first_context_kv(out: str, where: str) -> KvAllocation:
     return allocations[0]
 
 
-def run_bench(bin_dir: Path, plan: BenchPlan, log: Path) -> dict[str, TypeResult]:
-    """llama-bench once per type per round, types interleaved within each round; output to
-    ``log``. Raises CommandFailed when llama-bench fails and ParseError when its output lacks
-    the JSON rows or the KV log line."""
-    bench = bin_dir / "llama-bench"
-    results = {c.name: TypeResult(c.name) for c in plan.configs}
+@dataclass(frozen=True)
+class Side:
+    """One build measured in a run: a name (``ours`` or a peer's), its programs folder and
+    the plan it runs (its own cache-type names and environment)."""
+
+    name: str
+    bin_dir: Path
+    plan: BenchPlan
+
+
+def run_bench(sides: list[Side], log: Path) -> dict[str, dict[str, TypeResult]]:
+    """llama-bench once per configuration per round for every side, all of them interleaved
+    within each round (so a drift of the machine hits every side alike); output to ``log``.
+    Returns, per side, each configuration's results. Raises CommandFailed when llama-bench
+    fails and ParseError when its output lacks the JSON rows or the KV log line."""
+    results = {s.name: {c.name: TypeResult(c.name) for c in s.plan.configs} for s in sides}
     progress = Progress("llama-bench", every=30)
-    total = plan.rounds * len(plan.configs)
-    for r in range(plan.rounds):
-        for i, cfg in enumerate(plan.configs):
-            progress.steps(r * len(plan.configs) + i, total, None)
-            rows, out = _run_one(bench, plan, cfg, log)
-            res = results[cfg.name]
-            kv = first_context_kv(out, f"llama-bench {cfg.name}")
+    runs = [(s, c) for s in sides for c in s.plan.configs]
+    rounds = max(s.plan.rounds for s in sides)
+    total = rounds * len(runs)
+    for r in range(rounds):
+        for i, (side, cfg) in enumerate(runs):
+            progress.steps(r * len(runs) + i, total, None)
+            where = f"llama-bench {cfg.name}" + ("" if side.name == "ours" else f" ({side.name})")
+            rows, out = _run_one(side.bin_dir / "llama-bench", side.plan, cfg, log)
+            res = results[side.name][cfg.name]
+            kv = first_context_kv(out, where)
             stored = CacheConfig(kv.k_type, kv.v_type)
             res.stored_type, res.kv_bytes_per_token = stored.name, kv.bytes_per_token
             for row in rows:
@@ -220,16 +236,23 @@ def check_memory(results: dict[str, TypeResult]) -> None:
         raise GateFailed("KV memory target missed: " + "; ".join(failures))
 
 
-def write_json(results: dict[str, TypeResult], plan: BenchPlan, path: Path) -> None:
-    """The plan and every round's t/s per configuration as JSON at ``path``."""
+def write_json(
+    sides: list[Side], results: dict[str, dict[str, TypeResult]], path: Path, **extra: object
+) -> None:
+    """Every side's plan and every round's t/s per configuration as JSON at ``path``, with
+    ``extra`` (a peer's title, commit and unsupported configurations) beside them."""
     data = {
-        "plan": {
-            **asdict(plan),
-            "model": str(plan.model),
-            "configs": [c.name for c in plan.configs],
-        },
-        "results": {t: asdict(r) for t, r in results.items()},
+        side.name: {
+            "plan": {
+                **asdict(side.plan),
+                "model": str(side.plan.model),
+                "configs": [c.name for c in side.plan.configs],
+            },
+            "results": {t: asdict(r) for t, r in results[side.name].items()},
+        }
+        for side in sides
     }
+    data.update(extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1), encoding="utf-8")
 

@@ -141,18 +141,27 @@ def _compilers() -> dict[str, str]:
 
 
 def configuration_record(
-    paths: Paths, upstream_commit: str, series_digest: str, options: BuildOptions
+    paths: Paths,
+    upstream_commit: str,
+    series_digest: str,
+    options: BuildOptions,
+    source: Path | None = None,
+    kernels: bool = True,
 ) -> dict[str, object]:
-    """Everything that, when changed, makes the build directory untrustworthy."""
+    """Everything that, when changed, makes the build directory untrustworthy. ``source``
+    is the llama.cpp tree (default: the patched checkout); ``kernels`` whether kernels/ is
+    built into it (not for a peer's tree)."""
     opts = asdict(options)
     opts["backend"] = options.backend.value
     del opts["targets"], opts["jobs"]  # what to build, not how it is configured
     record = {
         "upstream": upstream_commit,
         "series": series_digest,
-        "source": str(paths.checkout),
-        "kernels_dir": str(paths.kernels),
-        "kernels_cmake": _tree_digest(paths.kernels, ("CMakeLists.txt", "*.cmake")),
+        "source": str(source or paths.checkout),
+        "kernels_dir": str(paths.kernels) if kernels else None,
+        "kernels_cmake": (
+            _tree_digest(paths.kernels, ("CMakeLists.txt", "*.cmake")) if kernels else None
+        ),
         "options": opts,
         "platform": platform.platform(),
         "tools": {
@@ -191,13 +200,24 @@ def _ccache(paths: Paths) -> tuple[list[str], dict[str, str]]:
 
 
 def build(
-    paths: Paths, upstream_commit: str, series_digest: str, options: BuildOptions
+    paths: Paths,
+    upstream_commit: str,
+    series_digest: str,
+    options: BuildOptions,
+    *,
+    source: Path | None = None,
+    directory: Path | None = None,
 ) -> BuildResult:
-    """Configure (if needed) and build ``options.targets``; return where they are."""
-    if not (paths.checkout / "CMakeLists.txt").is_file():
-        raise ConfigError(f"{paths.checkout} holds no llama.cpp tree; apply the series first")
-    directory = build_dir(paths, options)
-    record = configuration_record(paths, upstream_commit, series_digest, options)
+    """Configure (if needed) and build ``options.targets``; return where they are. By
+    default the patched checkout with kernels/ in build/BACKEND; a peer passes its own
+    ``source`` tree (built without kernels/) and ``directory``. Raises ConfigError when
+    the source holds no llama.cpp tree and BuildError when cmake or the build fails."""
+    tree = source or paths.checkout
+    kernels = source is None
+    if not (tree / "CMakeLists.txt").is_file():
+        raise ConfigError(f"{tree} holds no llama.cpp tree; apply the series first")
+    directory = directory or build_dir(paths, options)
+    record = configuration_record(paths, upstream_commit, series_digest, options, tree, kernels)
     stamp = directory / STAMP
     try:
         previous = json.loads(stamp.read_text(encoding="utf-8"))
@@ -221,10 +241,10 @@ def build(
                 "-G",
                 "Ninja",
                 "-S",
-                paths.checkout,
+                tree,
                 "-B",
                 directory,
-                f"-DGGML_TURBOQUANT_DIR={paths.kernels}",
+                *([f"-DGGML_TURBOQUANT_DIR={paths.kernels}"] if kernels else []),
                 *options.cmake_defines(),
                 *launcher_defines,
             ],

@@ -12,11 +12,12 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import git
 
-from harness import bench, corpus, models, parity, patches, state, suite, user_files
+from harness import bench, corpus, models, parity, patches, peers, state, suite, user_files
 from harness import build as build_mod
 from harness.config import Paths, environment, load_pin
 from harness.errors import CommandFailed, ConfigError, HarnessError
@@ -130,14 +131,23 @@ def cmd_parity(args: argparse.Namespace, paths: Paths) -> None:
         )
 
 
+def _peer_archive_dirs(args: argparse.Namespace, paths: Paths) -> tuple[Path, ...]:
+    """Where peer archives are looked for: --peer-archives, TQH_PEER_ARCHIVES, and the
+    ``shared/peers`` folder beside the repository."""
+    given = [args.peer_archives] if args.peer_archives else []
+    return (*given, *environment().peer_archives, paths.repo.parent / "shared" / "peers")
+
+
 def cmd_bench(args: argparse.Namespace, paths: Paths) -> None:
-    """`bench`: llama-bench ratios to f16, a JSON report, the KV memory gate."""
+    """`bench`: llama-bench ratios to f16 (beside a peer's with --peer), a JSON report, the
+    KV memory gate."""
     configs = CacheConfig.parse_list(args.configs)
     given = [
         o for o, v in (("--model-file", args.model_file), ("--speed-model", args.speed_model)) if v
     ]
     if len(given) > 1:
         raise ConfigError(f"{' and '.join(given)} both name the model", hint="give one of them")
+    peer = peers.peer(paths.repo / "peers.toml", args.peer) if args.peer else None
     built = _built(paths, args.backend)
     lock = models.load_lock(paths.repo / "models.toml")
     if args.model_file:
@@ -156,18 +166,43 @@ def cmd_bench(args: argparse.Namespace, paths: Paths) -> None:
         threads=args.threads,
         gpu_layers=None if args.backend == "cpu" else 99,
     )
-    results = bench.run_bench(built.bin, plan, paths.logs / "bench.log")
-    text, missed = bench.table(results, plan, args.backend)
+    sides = [bench.Side("ours", built.bin, plan)]
+    unsupported: list[str] = []
+    if peer is not None:
+        backend = build_mod.Backend(args.backend)
+        peer_bin = peers.build_peer(paths, peer, _peer_archive_dirs(args, paths), backend).bin
+        mapped = [(c, peer.config(c)) for c in configs]
+        unsupported = [c.name for c, m in mapped if m is None]
+        peer_configs = tuple(m for _, m in mapped if m is not None)
+        sides.append(
+            bench.Side(peer.name, peer_bin, replace(plan, configs=peer_configs, env=peer.env))
+        )
+    results = bench.run_bench(sides, paths.logs / "bench.log")
+    text, missed = bench.table(results["ours"], plan, args.backend)
     print(
         f"\nllama-bench on {model.name}, {args.backend} ({plan.rounds} interleaved rounds, "
         f"medians; ratio to f16: median, range over the rounds)\n{text}"
     )
     for line in missed:
         print(f"speed target missed: {line}")
+    extra: dict[str, object] = {}
+    if peer is not None:
+        peer_text, _ = bench.table(results[peer.name], sides[1].plan, "peer")
+        env = " ".join(f"{k}={v}" for k, v in peer.env) or "no environment"
+        print(
+            f"\npeer {peer.name}: {peer.title} at {peer.commit[:12]} ({env}), the same rounds, "
+            f"ratios to its own f16\n{peer_text}"
+        )
+        for name in unsupported:
+            print(f"| {name} | not supported by {peer.name} |")
+        extra = {
+            "peer": {"name": peer.name, "title": peer.title, "commit": peer.commit},
+            "unsupported": unsupported,
+        }
     out = _report_path(paths, "bench")
-    bench.write_json(results, plan, out)
+    bench.write_json(sides, results, out, **extra)
     print(f"wrote {out}")
-    bench.check_memory(results)
+    bench.check_memory(results["ours"])
 
 
 TEXT_KEYWORDS = ("pinned", "long")
@@ -448,6 +483,18 @@ def parser() -> argparse.ArgumentParser:
         default="cpu",
         help="run build/BACKEND/bin/llama-bench (`nox -s build -- --backend BACKEND`); metal "
         "and cuda offload every layer (-ngl 99)",
+    )
+    p.add_argument(
+        "--peer",
+        metavar="NAME",
+        help="also build (once) and measure the peer NAME of peers.toml, no patches of ours, "
+        "interleaved with ours in the same rounds; its ratios are to its own f16",
+    )
+    p.add_argument(
+        "--peer-archives",
+        type=Path,
+        metavar="DIR",
+        help="a folder holding peer archives (also TQH_PEER_ARCHIVES and ../shared/peers)",
     )
     p.add_argument("--depths", default="0,4096", help="KV depths to measure at")
     p.add_argument("--pp", type=int, default=512, help="prompt tokens (pp test)")

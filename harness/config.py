@@ -68,13 +68,15 @@ class Environment:
     """The harness's environment variables, read in one place (``environment()``), with
     their defaults: TQH_FETCH (where upstream comes from: ``sdist`` or ``git``),
     TQH_LOCK_TIMEOUT (seconds a run waits for another's lock, 1800), TQH_KLD_CACHE_GB (GiB
-    of cached f16 base logits kept, 8) and CCACHE_MAXSIZE (ccache's size limit, ``2G``).
+    of cached f16 base logits kept, 8), CCACHE_MAXSIZE (ccache's size limit, ``2G``) and
+    TQH_PEER_ARCHIVES (folders holding peer archives, separated like PATH).
     TQH_CACHE_DIR and TQH_BUILD_DIR are read by ``Paths.default``."""
 
     fetch: str = "sdist"
     lock_timeout_s: float = 1800.0
     kld_cache_bytes: float = 8 * 2**30
     ccache_maxsize: str = "2G"
+    peer_archives: tuple[Path, ...] = ()
 
 
 def _env_number(name: str, default: float) -> float:
@@ -107,6 +109,11 @@ def environment() -> Environment:
         lock_timeout_s=_env_number("TQH_LOCK_TIMEOUT", Environment.lock_timeout_s),
         kld_cache_bytes=_env_number("TQH_KLD_CACHE_GB", 8) * 2**30,
         ccache_maxsize=os.environ.get("CCACHE_MAXSIZE", Environment.ccache_maxsize),
+        peer_archives=tuple(
+            Path(d).expanduser()
+            for d in os.environ.get("TQH_PEER_ARCHIVES", "").split(os.pathsep)
+            if d
+        ),
     )
 
 
