@@ -288,6 +288,48 @@ def _contexts(suite: gates.Suite, options: SuiteOptions, model: str) -> tuple[in
     return (*(n for n in lengths if n < options.ctx), options.ctx)
 
 
+def window_bytes(ctx: int, vocab: int) -> int:
+    """Bytes llama-perplexity holds for one window of ``ctx`` tokens on a vocabulary of
+    ``vocab`` tokens, at most (the f16 base run): every position's float32 logits
+    (ctx x vocab x 4) and the uint16 log-probabilities it writes (ctx x (vocab rounded up to
+    even + 4) x 2); the model and the KV cache come on top."""
+    return ctx * vocab * 4 + ctx * (2 * ((vocab + 1) // 2) + 4) * 2
+
+
+def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemAvailable of ``meminfo`` in bytes; None where there is no such file (not Linux)."""
+    try:
+        text = meminfo.read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _check_memory(name: str, lengths: tuple[int, ...], vocab: int | None) -> None:
+    """Raises ConfigError (exit 11) before anything runs when a window of the longest context
+    would not fit in the memory available now, naming both and the longest that fits, rather
+    than letting the kernel's OOM killer end the run (or a neighbour's process) later."""
+    available = available_bytes()
+    if vocab is None or available is None:
+        return
+    ctx = max(lengths)
+    need = window_bytes(ctx, vocab)
+    if need <= available:
+        return
+    fits = available // window_bytes(1, vocab) // 512 * 512
+    gib = 2**30
+    raise ConfigError(
+        f"{name} at a context of {ctx} tokens: llama-perplexity holds a whole window's logits "
+        f"and log-probabilities, {need / gib:.1f} GiB for {ctx} tokens x a vocabulary of "
+        f"{vocab}, and this machine has {available / gib:.1f} GiB available",
+        hint=f"give a shorter --ctx (about {fits} tokens fit here), or run on a machine with "
+        "more memory",
+    )
+
+
 @dataclass
 class _Shared:
     """What every (model, context) measurement of one suite run shares."""
@@ -418,6 +460,10 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
     text_path, text_sha256, text_header = _text(paths, lock, options, suite)
     subjects = _models(lock, options, suite)
     plans = {pin.name: _contexts(suite, options, pin.name) for pin, _ in subjects}
+    for pin, user in subjects:
+        if user is None:  # a pinned model's vocabulary is known before it runs
+            info = models.cached_info(pin, models.ensure_model(paths, pin))
+            _check_memory(pin.name, plans[pin.name], info.vocab_size)
     identity = build_identity(binary)
     version = _version(binary)
     block64 = block64_allowed()

@@ -141,8 +141,8 @@ def test_the_long_suite_and_the_depth_gates_are_in_gates_toml() -> None:
     long = real.long
     assert long is not None and long.depth and long.text == "long"
     assert list(long.configs) == LONG_CONFIGS
-    assert long.contexts_for("smollm2-135m") == (512, 8192)
-    assert long.contexts_for("gemma3-270m") == (512, 16384)
+    assert long.contexts_for("smollm2-135m") == (512, 2048, 8192)
+    assert long.contexts_for("gemma3-270m") == (512, 2048, 8192)
     assert long.contexts_for("someone-elses-model") == (512, 8192)
     assert not real.full.depth and not real.quick.depth
     growth = [g for g in real.gates if g.depth]
@@ -367,3 +367,50 @@ def test_the_plot_names_every_configuration(tmp_path: Path) -> None:
     assert path == tmp_path / "kld-vs-ctx.png" and path.stat().st_size > 10_000
     assert shown == LONG_CONFIGS[1:]
     assert _png_text(path)["Description"].endswith(": " + ", ".join(LONG_CONFIGS))
+
+
+def test_a_window_that_does_not_fit_in_memory_is_refused_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemma 3 at 16384 needs 24 GiB for one window's logits and log-probabilities: on a
+    machine with 21.9 GiB available that is one clear error, not the OOM killer an hour in."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   22960000 kB\n")
+    assert suite.available_bytes(meminfo) == 22960000 * 1024
+    assert suite.available_bytes(tmp_path / "none") is None
+    assert suite.window_bytes(16384, 262144) == 16384 * (262144 * 4 + 262148 * 2)
+    monkeypatch.setattr(suite, "available_bytes", lambda: 22960000 * 1024)
+    suite._check_memory("gemma3-270m", (512, 8192), 262144)  # 12 GiB: fits
+    with pytest.raises(ConfigError) as err:
+        suite._check_memory("gemma3-270m", (512, 16384), 262144)
+    assert err.value.exit_code == 11
+    assert str(err.value) == (
+        "gemma3-270m at a context of 16384 tokens: llama-perplexity holds a whole window's "
+        "logits and log-probabilities, 24.0 GiB for 16384 tokens x a vocabulary of 262144, "
+        "and this machine has 21.9 GiB available"
+    )
+    assert "about 14848 tokens fit here" in err.value.hint
+    suite._check_memory("my-model", (512, 16384), None)  # vocabulary unknown: llama.cpp decides
+
+
+def test_three_lengths_cover_the_same_tokens_and_growth_spans_the_outer_two(
+    project: Paths, fake_binary: Path, options: suite.SuiteOptions
+) -> None:
+    gates_toml = project.repo / "gates.toml"
+    text = gates_toml.read_text()
+    assert '"*" = [512, 8192]' in text
+    gates_toml.write_text(text.replace('"*" = [512, 8192]', '"*" = [512, 2048, 8192]'))
+    _plant(fake_binary, {"turbo3": 1.1})
+    directory = suite.run(project, replace(options, configs=("q4_0", "turbo3")))
+    windows = [(c[c.index("-c") + 1], c[c.index("--chunks") + 1]) for c in _calls(fake_binary)]
+    assert list(dict.fromkeys(windows)) == [("8192", "2"), ("2048", "8"), ("512", "32")]
+    (depth,) = json.loads((directory / "report.json").read_text())["depth"]
+    assert depth["contexts"] == [512, 2048, 8192]
+    rows = {r["config"]: r for r in depth["configs"]}
+    assert set(rows["turbo3"]["kld"]) == {"512", "2048", "8192"}
+    assert rows["turbo3"]["growth"]["value"] == pytest.approx(1.1, rel=1e-4)
+    assert {g["context"] for g in depth["gates"]} == {"c=8192 vs c=512"}
+
+    suite.run(project, replace(options, configs=("q4_0",), ctx=4096, chunks=1))
+    windows = [(c[c.index("-c") + 1], c[c.index("--chunks") + 1]) for c in _calls(fake_binary)]
+    assert list(dict.fromkeys(windows))[3:] == [("4096", "1"), ("2048", "2"), ("512", "8")]
