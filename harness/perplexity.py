@@ -107,7 +107,10 @@ class Estimate:
 
 @dataclass(frozen=True)
 class KvAllocation:
-    """What llama.cpp allocated, summed over its caches (gemma3 has a SWA and a full one).
+    """What llama.cpp allocated, summed over its caches (gemma3 has a SWA and a full one):
+    cells is the largest cache's (the context), k_mib and v_mib are MiB summed; caches holds
+    each cache's (cells, layers, K MiB, V MiB) where they differ in cells (a sliding-window
+    cache holds fewer cells than the context: 1024 of 8192 for Gemma 3), else nothing.
 
     The log prints MiB with two decimals, so each figure is good to about +-0.005 MiB.
     """
@@ -118,10 +121,15 @@ class KvAllocation:
     layers: int
     k_mib: float
     v_mib: float
+    caches: tuple[tuple[int, int, float, float], ...] = ()
 
     @property
     def bytes_per_token(self) -> float:
-        """K plus V bytes per cache cell (token), all layers together."""
+        """K plus V bytes per cache cell (token), all layers together: each cache's bytes over
+        its own cells, so a sliding-window cache counts at what it stores per token, the same
+        at any context length."""
+        if self.caches:
+            return sum((k + v) * 2**20 / cells for cells, _, k, v in self.caches)
         return (self.k_mib + self.v_mib) * 2**20 / self.cells
 
     def bits_per_value(self, values_per_token_layer: int) -> float:
@@ -183,7 +191,8 @@ def ppl_change_pct(result: RunResult, f16: RunResult | None) -> float | None:
 
 def kv_allocation(text: str, where: str) -> KvAllocation:
     """The KV allocation llama.cpp logged in ``text`` (its ``llama_kv_cache: size = ...``
-    lines, summed); raises ParseError naming ``where`` when there is none or the types
+    lines, summed; caches of different sizes, such as a sliding-window cache beside the full
+    one, each kept too); raises ParseError naming ``where`` when there is none or the types
     disagree between caches."""
     rows = KV_LINE.findall(text)
     if not rows:
@@ -191,15 +200,17 @@ def kv_allocation(text: str, where: str) -> KvAllocation:
     k_types = {r[3] for r in rows}
     v_types = {r[5] for r in rows}
     cells = {int(r[1]) for r in rows}
-    if len(k_types) != 1 or len(v_types) != 1 or len(cells) != 1:
-        raise ParseError(f"{where}: KV caches disagree on types or cells: {rows}")
+    if len(k_types) != 1 or len(v_types) != 1:
+        raise ParseError(f"{where}: KV caches disagree on types: {rows}")
+    caches = tuple((int(r[1]), int(r[2]), float(r[4]), float(r[6])) for r in rows)
     return KvAllocation(
         k_type=k_types.pop(),
         v_type=v_types.pop(),
-        cells=cells.pop(),
+        cells=max(cells),
         layers=sum(int(r[2]) for r in rows),
         k_mib=sum(float(r[4]) for r in rows),
         v_mib=sum(float(r[6]) for r in rows),
+        caches=caches if len(cells) > 1 else (),
     )
 
 

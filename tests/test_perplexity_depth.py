@@ -21,7 +21,7 @@ import pytest
 from harness import gates, report, suite
 from harness.config import REPO_ROOT, Paths
 from harness.errors import ConfigError, GateFailed
-from harness.perplexity import Estimate, RunResult, parse_kld
+from harness.perplexity import Estimate, ParseError, RunResult, parse_kld
 
 DATA = Path(__file__).parent / "data" / "perplexity"
 LONG_CONFIGS = ["f16", "q8_0", "q4_0", "turbo3", "turbo4", "turbo5/turbo3", "q8_0/turbo3"]
@@ -414,3 +414,25 @@ def test_three_lengths_cover_the_same_tokens_and_growth_spans_the_outer_two(
     suite.run(project, replace(options, configs=("q4_0",), ctx=4096, chunks=1))
     windows = [(c[c.index("-c") + 1], c[c.index("--chunks") + 1]) for c in _calls(fake_binary)]
     assert list(dict.fromkeys(windows))[3:] == [("4096", "1"), ("2048", "2"), ("512", "8")]
+
+
+def test_a_sliding_window_cache_smaller_than_the_context_is_read() -> None:
+    """Gemma 3 at 8192: the full cache of 3 layers holds 8192 cells, the sliding-window cache
+    of 15 layers 1024 (512 + a batch). Bytes per token count each cache over its own cells,
+    so they are what they are at 512 (18432 for f16, docs/measurements.md)."""
+    from harness.perplexity import kv_allocation
+
+    log = (
+        "llama_kv_cache: size =   24.00 MiB (  8192 cells,   3 layers,  1/1 seqs), "
+        "K (f16):   12.00 MiB, V (f16):   12.00 MiB\n"
+        "llama_kv_cache: size =   15.00 MiB (  1024 cells,  15 layers,  1/1 seqs), "
+        "K (f16):    7.50 MiB, V (f16):    7.50 MiB\n"
+    )
+    kv = kv_allocation(log, "gemma3 at 8192")
+    assert (kv.cells, kv.layers, kv.k_mib, kv.v_mib) == (8192, 18, 19.5, 19.5)
+    assert kv.caches == ((8192, 3, 12.0, 12.0), (1024, 15, 7.5, 7.5))
+    assert kv.bytes_per_token == 18432.0
+    same = kv_allocation(log.replace("  1024 cells", "  8192 cells"), "gemma3 at 512")
+    assert same.caches == () and same.bytes_per_token == 39.0 * 2**20 / 8192
+    with pytest.raises(ParseError, match="disagree on types"):
+        kv_allocation(log.replace("V (f16):    7.50", "V (q8_0):    7.50"), "mixed")
