@@ -51,7 +51,8 @@ def parity(session: nox.Session) -> None:
 
 @nox.session(requires=["build"])
 def perplexity(session: nox.Session) -> None:
-    """Perplexity/KLD gates, report in reports/. Posargs: `-- --quick`, `-- --help`."""
+    """Perplexity/KLD gates, report in reports/. Posargs: `-- --quick`, `-- --suite long`
+    (512 to 8192 tokens of context, not in the default run), `-- --help`."""
     _install(session)
     session.run("python", "-m", "harness", "perplexity", *session.posargs)
 
