@@ -44,7 +44,9 @@ def test_built_ggml_matches_the_reference(built: build_mod.BuildResult) -> None:
     assert all(c.ok for c in cases)
 
 
-@pytest.mark.parametrize("op", ["SET_ROWS", "GET_ROWS", "CPY", "FLASH_ATTN_EXT"])
+@pytest.mark.parametrize(
+    "op", ["SET_ROWS", "HADAMARD_SET_ROWS", "GET_ROWS", "CPY", "FLASH_ATTN_EXT"]
+)
 def test_backend_ops_turbo_cases_pass_on_cpu(built: build_mod.BuildResult, op: str) -> None:
     out = subprocess.run(
         [built.bin / "test-backend-ops", "-b", "CPU", "-o", op, "-p", "turbo"],

@@ -8,6 +8,9 @@
  *                                              for bit as one thread does (set_rows, through
  *                                              tq_cu_set_rows: a single token's K or V is a
  *                                              few blocks, so their latency is what counts)
+ *   tq_cu_set_rows_rot<idx_t, NH, B, N>(...)    the same, of rows first rotated as ggml-cuda's
+ *                                              fwht_cuda<NH> rotates them (the Hadamard
+ *                                              MUL_MAT before a quantized K/V cache, fused)
  *   tq_cu_dequantize_ggml<B, N>(vx, ib, iqs, v) dequantize_kernel_t with qr = 2: values iqs
  *                                              and iqs + N/2 of block ib (get_rows, the
  *                                              conversions to f16/f32 for flash attention)
@@ -100,9 +103,10 @@ template <int M> __device__ __forceinline__ double tq_cu_warp_lane8(const double
     return tq_cu_lane8_total(a);
 }
 
-/* tq_cu_quantize_block with the 32 lanes of a warp: lane L takes values L + 32m. Every lane
- * must call it with the same y and blk (N floats, nbytes bytes). */
-template <int B, int N> __device__ void tq_cu_quantize_block_warp(const float *y, uint8_t *blk)
+/* tq_cu_quantize_block with the 32 lanes of a warp, from registers: lane L holds value
+ * L + 32m of the block in y[m] (N floats in all). Every lane must call it with the same blk
+ * (nbytes bytes). */
+template <int B, int N> __device__ __forceinline__ void tq_cu_quantize_regs_warp(const float *y, uint8_t *blk)
 {
     typedef tq_cu_format<B, N> F;
     typedef tq_cu_codebook<B, N> C;
@@ -112,7 +116,7 @@ template <int B, int N> __device__ void tq_cu_quantize_block_warp(const float *y
     double v[M], sq[M];
 #pragma unroll
     for (int m = 0; m < M; m++) {
-        v[m] = tq_cu_widen(y[lane + 32 * m]);
+        v[m] = tq_cu_widen(y[m]);
         sq[m] = v[m] * v[m];
     }
     const double gamma = sqrt(tq_cu_warp_lane8<M>(sq));
@@ -173,6 +177,57 @@ template <int B, int N> __device__ void tq_cu_quantize_block_warp(const float *y
     }
 }
 
+/* tq_cu_quantize_block with the 32 lanes of a warp: lane L takes values L + 32m of the N
+ * floats at y. Every lane must call it with the same y and blk (nbytes bytes). */
+template <int B, int N> __device__ void tq_cu_quantize_block_warp(const float *y, uint8_t *blk)
+{
+    const int lane = threadIdx.x % 32;
+    float r[N / 32];
+#pragma unroll
+    for (int m = 0; m < N / 32; m++) {
+        r[m] = y[lane + 32 * m];
+    }
+    tq_cu_quantize_regs_warp<B, N>(r, blk);
+}
+
+/* The Walsh-Hadamard rotation of ggml-cuda's fwht_cuda<NH> (fwht.cu: a MUL_MAT hinted
+ * GGML_HINT_SRC0_IS_HADAMARD, which llama.cpp applies to K and V before they enter a
+ * quantized cache), on one row of NH floats held by a warp as lane L holds value L + 32m in
+ * r[m] (NH / 32 floats): the same operations in the same order, so a SET_ROWS fused with it
+ * writes the bytes the two ops write one after the other. scale is fwht.cu's 1/sqrtf(NH). */
+template <int NH> __device__ __forceinline__ void tq_cu_fwht_warp(float *r, const float scale)
+{
+    constexpr int el_w = NH / 32;
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int i = 0; i < el_w; ++i) {
+        r[i] = r[i] * scale;
+    }
+#pragma unroll
+    for (int h = 1; h < 32; h *= 2) {
+#pragma unroll
+        for (int j = 0; j < el_w; j++) {
+            const float val = r[j];
+            const float val2 = __shfl_xor_sync(0xFFFFFFFFu, val, h, 32);
+            r[j] = (lane & h) == 0 ? val + val2 : val2 - val;
+        }
+    }
+#pragma unroll
+    for (int h = 32; h < NH; h *= 2) {
+        const int step = h / 32;
+#pragma unroll
+        for (int j = 0; j < el_w; j += 2 * step) {
+#pragma unroll
+            for (int k = 0; k < step; k++) {
+                const float x = r[j + k];
+                const float y = r[j + k + step];
+                r[j + k] = x + y;
+                r[j + k + step] = x - y;
+            }
+        }
+    }
+}
+
 /* SET_ROWS into a turbo tensor, one warp per block: row i01 of src0 (floats, strides
  * s01..s03 in floats) goes to row src1[i01, i02 % ne11, i03 % ne12] of dst (strides
  * nb1..nb3 in bytes), as ggml defines the op. */
@@ -198,6 +253,68 @@ __global__ void tq_cu_k_set_rows(const float *src0, const idx_t *src1, char *dst
     const float *y = src0 + i01 * s01 + i02 * s02 + i03 * s03 + ib * N;
     uint8_t *blk = (uint8_t *)(dst + row * nb1 + i02 * nb2 + i03 * nb3) + ib * tq_cu_format<B, N>::nbytes;
     tq_cu_quantize_block_warp<B, N>(y, blk);
+}
+
+/* tq_cu_k_set_rows of the Walsh-Hadamard rotation of src0 (fused fwht_cuda<NH> + SET_ROWS):
+ * one warp per W = max(NH, N) floats of a row, that is W / NH rotations and W / N blocks
+ * (llama.cpp rotates V by 64 points, K by up to 256), rotated in registers, then quantized. */
+template <typename idx_t, int NH, int B, int N>
+__global__ void tq_cu_k_set_rows_rot(const float *src0, const idx_t *src1, char *dst, int64_t nwarps,
+                                     float scale, int64_t ne00, int64_t ne01, int64_t ne02,
+                                     int64_t ne11, int64_t ne12, int64_t s01, int64_t s02,
+                                     int64_t s03, int64_t s10, int64_t s11, int64_t s12, int64_t nb1,
+                                     int64_t nb2, int64_t nb3)
+{
+    constexpr int W = NH > N ? NH : N;
+    static_assert(W % NH == 0 && W % N == 0, "a warp holds whole rotations and whole blocks");
+    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (w >= nwarps) {
+        return; /* w is the same for the 32 lanes of a warp */
+    }
+    const int lane = threadIdx.x % 32;
+    const int64_t per_row = ne00 / W;
+    int64_t t = w;
+    const int64_t ir = t % per_row;
+    t /= per_row;
+    const int64_t i01 = t % ne01;
+    t /= ne01;
+    const int64_t i02 = t % ne02;
+    const int64_t i03 = t / ne02;
+    const int64_t row = (int64_t)src1[i01 * s10 + (i02 % ne11) * s11 + (i03 % ne12) * s12];
+    const float *y = src0 + i01 * s01 + i02 * s02 + i03 * s03 + ir * W;
+    float r[W / 32];
+#pragma unroll
+    for (int m = 0; m < W / 32; m++) {
+        r[m] = y[lane + 32 * m];
+    }
+#pragma unroll
+    for (int k = 0; k < W / NH; k++) {
+        tq_cu_fwht_warp<NH>(r + k * (NH / 32), scale);
+    }
+    uint8_t *blk = (uint8_t *)(dst + row * nb1 + i02 * nb2 + i03 * nb3) +
+                   ir * (W / N) * tq_cu_format<B, N>::nbytes;
+#pragma unroll
+    for (int k = 0; k < W / N; k++) {
+        tq_cu_quantize_regs_warp<B, N>(r + k * (N / 32), blk + k * tq_cu_format<B, N>::nbytes);
+    }
+}
+
+template <typename idx_t, int NH, int B, int N>
+void tq_cu_set_rows_rot(const float *src0, const idx_t *src1, char *dst, int64_t ne00,
+                        int64_t ne01, int64_t ne02, int64_t ne03, int64_t ne11, int64_t ne12,
+                        int64_t s01, int64_t s02, int64_t s03, int64_t s10, int64_t s11,
+                        int64_t s12, int64_t nb1, int64_t nb2, int64_t nb3, cudaStream_t stream)
+{
+    constexpr int W = NH > N ? NH : N;
+    const int64_t nwarps = ne00 / W * ne01 * ne02 * ne03;
+    if (nwarps == 0) {
+        return;
+    }
+    constexpr int threads = 128;
+    const int64_t grid = (nwarps * 32 + threads - 1) / threads;
+    tq_cu_k_set_rows_rot<idx_t, NH, B, N><<<(unsigned)grid, threads, 0, stream>>>(
+        src0, src1, dst, nwarps, 1 / sqrtf(NH), ne00, ne01, ne02, ne11, ne12, s01, s02, s03, s10,
+        s11, s12, nb1, nb2, nb3);
 }
 
 template <typename idx_t, int B, int N>
