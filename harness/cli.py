@@ -17,7 +17,7 @@ from pathlib import Path
 
 import git
 
-from harness import bench, corpus, models, parity, patches, peers, state, suite, user_files
+from harness import bench, corpus, models, needle, parity, patches, peers, state, suite, user_files
 from harness import build as build_mod
 from harness.config import Paths, environment, load_pin
 from harness.errors import CommandFailed, ConfigError, HarnessError
@@ -303,6 +303,63 @@ def cmd_state(args: argparse.Namespace, paths: Paths) -> None:
     state.check(result)
 
 
+def cmd_needle(args: argparse.Namespace, paths: Paths) -> None:
+    """`needle`: pass-key retrieval at depth per configuration, a report; raises GateFailed."""
+    spec = needle.load_spec(paths.repo / "gates.toml")
+    lock = models.load_lock(paths.repo / "models.toml")
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else spec.models
+    configs = CacheConfig.parse_list(args.configs or ",".join(spec.configs))
+    if args.lengths:
+        try:
+            given = tuple(int(n) for n in args.lengths.split(","))
+        except ValueError as exc:
+            raise ConfigError(
+                f"--lengths {args.lengths!r}: give token counts, e.g. 2048,8192"
+            ) from exc
+        lengths = {n: given for n in names}
+    else:
+        lengths = {n: spec.lengths_for(n) for n in names}
+    bin_dir = args.bin_dir or _built(paths).bin
+    server_bin = bin_dir / "llama-server"
+    if not server_bin.is_file():
+        raise ConfigError(
+            f"llama-server not built in {bin_dir}",
+            hint="run `python -m harness build --state-tools` (`nox -s needle` does)",
+        )
+    if lock.long_text is None:
+        raise ConfigError("models.toml pins no [long_text] for the filler")
+    text = corpus.ensure_text(paths, lock.long_text)
+    chosen = [(n, models.ensure_model(paths, lock.model(n))) for n in names]
+    started = time.monotonic()
+    trials = needle.run(
+        server_bin,
+        chosen,
+        configs,
+        spec,
+        lengths,
+        text.path.read_text(encoding="utf-8"),
+        paths.logs,
+        args.threads,
+        on_step=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    results = needle.scores(trials)
+    failures = needle.check(results, spec)
+    out = _report_path(paths, "needle").with_suffix("")
+    meta = {
+        "command": sys.argv,
+        "lengths": lengths,
+        "depths": spec.depths,
+        "n_predict": spec.n_predict,
+        "seed": spec.seed,
+        "text_sha256": text.sha256,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    needle.write(trials, results, failures, out, meta)
+    print(f"\n{needle.table(trials, results)}\n({meta['wall_seconds']:.0f} s)")
+    print(f"wrote {out}/needle.md")
+    needle.raise_on_failures(failures)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m harness``: one subcommand per stage."""
     top = argparse.ArgumentParser(
@@ -521,6 +578,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bin-dir", type=Path, help="folder of the programs (default: build/cpu/bin)")
     p.set_defaults(func=cmd_state)
+
+    p = sub.add_parser(
+        "needle",
+        help="pass-key retrieval at depth per KV-cache configuration, against f16",
+        description=needle.__doc__.split("\n\n")[0] if needle.__doc__ else None,
+    )
+    p.add_argument("--models", help="comma-separated models.toml names (default: [needle])")
+    p.add_argument("--configs", help="comma-separated TYPE or K/V (default: [needle]; f16 added)")
+    p.add_argument("--lengths", help="comma-separated context lengths in tokens, every model")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bin-dir", type=Path, help="folder of llama-server (default: build/cpu/bin)")
+    p.set_defaults(func=cmd_needle)
     return top
 
 

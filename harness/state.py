@@ -27,11 +27,7 @@ import hashlib
 import itertools
 import json
 import re
-import socket
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +35,7 @@ from pathlib import Path
 from harness import proc
 from harness.errors import CommandFailed, GateFailed
 from harness.perplexity import CacheConfig
+from harness.server import Server, cache_args
 
 TYPES = ("f16", "q8_0", "q4_0", "turbo2", "turbo3", "turbo4", "turbo5")
 # Every symmetric configuration, upstream's own asymmetric one, and asymmetric ones with a
@@ -66,8 +63,6 @@ SAVE_LOAD_TESTS = 9
 PROMPT_TOKENS = 400
 N_PREDICT = 32
 CTX = 2048
-READY_TIMEOUT_S = 120.0
-REQUEST_TIMEOUT_S = 600.0
 # llama-kv-cache.cpp's refusals: "the saved state holds a q8_0 K cache, this context has
 # turbo3 (layer 0): ..." (patch 0012), "the saved state holds K/V rotated/rotated by the
 # attention rotation, this context's are unrotated/unrotated: ..." (patch 0013)
@@ -162,11 +157,6 @@ def parse_save_load(output: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(passed), tuple(failed)
 
 
-def _cache_args(config: CacheConfig) -> list[str]:
-    """Flash attention on (a quantized V needs it) and ``config``'s K and V cache types."""
-    return ["-fa", "on", "-ctk", config.k, "-ctv", config.v]
-
-
 def run_save_load(
     binary: Path, model: Path, name: str, config: CacheConfig, prompt: Path, log: Path, threads: int
 ) -> SaveLoadResult:
@@ -185,7 +175,7 @@ def run_save_load(
                 # is smaller than PROMPT_TOKENS (common_prompt_batch_decode asserts)
                 "-b",
                 str(CTX),
-                *_cache_args(config),
+                *cache_args(config),
                 "-t",
                 str(threads),
             ],
@@ -198,128 +188,20 @@ def run_save_load(
     return SaveLoadResult(name, config.name, out.returncode, passed, failed)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A llama-server on 127.0.0.1 for the ``with`` block: one slot, ``CTX`` tokens, flash
-    attention, the given cache configuration, slot files in ``slots``, ``env`` added to its
-    environment."""
-
-    def __init__(
-        self,
-        binary: Path,
-        model: Path,
-        config: CacheConfig,
-        slots: Path,
-        log: Path,
-        threads: int,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.port = _free_port()
-        self.log = log
-        self.env = env
-        self.cmd = [
-            binary,
-            "-m",
-            model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "-c",
-            str(CTX),
-            "-np",
-            "1",
-            *_cache_args(config),
-            # the whole sliding-window cache is kept, so a restored prompt can be reused
-            "--swa-full",
-            # no host-memory prompt cache: reuse after a restore comes from the slot alone
-            "--cache-ram",
-            "0",
-            "--slot-save-path",
-            slots,
-            "-t",
-            str(threads),
-        ]
-
-    def __enter__(self) -> Server:
-        self._ctx = proc.started(self.cmd, log=self.log, what="run llama-server", env=self.env)
-        self._child = self._ctx.__enter__()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._child.poll() is not None:
-                raise CommandFailed(
-                    f"llama-server exited ({self._child.returncode}) before it was ready",
-                    hint=f"read {self.log}",
-                )
-            try:
-                with urllib.request.urlopen(self._url("/health"), timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        self.__exit__(None, None, None)
-        raise CommandFailed(
-            f"llama-server was not ready after {READY_TIMEOUT_S:.0f} s", hint=f"read {self.log}"
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(None, None, None)
-
-    def _url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def request(self, path: str, body: dict) -> tuple[int, dict]:
-        """POST ``body`` as JSON; the HTTP status and the decoded answer (errors included)."""
-        req = urllib.request.Request(
-            self._url(path), json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
-    def post(self, path: str, body: dict) -> dict:
-        """POST that must succeed; raises CommandFailed naming the endpoint otherwise."""
-        status, data = self.request(path, body)
-        if status != 200:
-            raise CommandFailed(
-                f"llama-server answered {status} to {path}: {data}", hint=f"read {self.log}"
-            )
-        return data
-
-    def complete(self, tokens: Sequence[int], n_predict: int = N_PREDICT) -> tuple[str, int]:
-        """Greedy completion of ``tokens`` on slot 0: the text and the prompt tokens it
-        evaluated (the rest came from the slot's cache)."""
-        data = self.post(
-            "/completion",
-            {
-                "prompt": list(tokens),
-                "n_predict": n_predict,
-                "temperature": 0,
-                "cache_prompt": True,
-                "id_slot": 0,
-            },
-        )
-        return data["content"], int(data["timings"]["prompt_n"])
-
-    def slot(self, action: str, filename: str = "") -> tuple[int, dict]:
-        """``save``, ``restore`` (``filename`` in the slot folder) or ``erase`` slot 0: the
-        HTTP status and the answer; a refused restore is a 400, not an exception."""
-        return self.request(f"/slots/0?action={action}", {"filename": filename} if filename else {})
-
-    def tokens(self, text: str, n: int) -> list[int]:
-        """The first ``n`` tokens of ``text``; raises CommandFailed if it holds fewer."""
-        toks = self.post("/tokenize", {"content": text})["tokens"]
-        if len(toks) < n:
-            raise CommandFailed(f"the prompt text holds {len(toks)} tokens, {n} are needed")
-        return toks[:n]
+def slot_server(
+    binary: Path,
+    model: Path,
+    config: CacheConfig,
+    slots: Path,
+    log: Path,
+    threads: int,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """A llama-server of ``CTX`` tokens whose slot 0 can be saved to and restored from
+    ``slots``: the whole sliding-window cache kept (a restored prompt can be reused) and no
+    host-memory prompt cache (reuse after a restore comes from the slot alone)."""
+    extra = ["--swa-full", "--cache-ram", "0", "--slot-save-path", str(slots)]
+    return Server(binary, model, config, CTX, log, threads, env=env, extra=extra)
 
 
 def run_slot_roundtrip(
@@ -330,12 +212,12 @@ def run_slot_roundtrip(
     CommandFailed when the server does not start or a slot action is refused."""
     with tempfile.TemporaryDirectory(prefix="tqh-slots-") as tmp:
         slots = Path(tmp)
-        with Server(binary, model, config, slots, log, threads) as srv:
+        with slot_server(binary, model, config, slots, log, threads) as srv:
             toks = srv.tokens(text, PROMPT_TOKENS)
-            first, _ = srv.complete(toks)
+            first, _ = srv.complete(toks, N_PREDICT)
             # the reference: the same request again on the cache that was never saved, which
             # evaluates the last prompt token alone as the request after the restore does
-            never_saved, _ = srv.complete(toks)
+            never_saved, _ = srv.complete(toks, N_PREDICT)
             for action, filename in (
                 ("save", "a.bin"),
                 ("erase", ""),
@@ -347,7 +229,7 @@ def run_slot_roundtrip(
                     raise CommandFailed(
                         f"slot {action} answered {status}: {data}", hint=f"read {log}"
                     )
-            restored, evaluated = srv.complete(toks)
+            restored, evaluated = srv.complete(toks, N_PREDICT)
         identical = (slots / "a.bin").read_bytes() == (slots / "b.bin").read_bytes()
     return SlotResult(
         name,
@@ -388,14 +270,14 @@ def run_server_mismatch(
     """A slot saved by a server with ``saved``, restored by one with ``loaded`` and ``env``."""
     with tempfile.TemporaryDirectory(prefix="tqh-slots-") as tmp:
         slots = Path(tmp)
-        with Server(binary, model, saved, slots, log, threads) as srv:
+        with slot_server(binary, model, saved, slots, log, threads) as srv:
             toks = srv.tokens(text, PROMPT_TOKENS)
-            srv.complete(toks, n_predict=1)
+            srv.complete(toks, 1)
             srv.slot("save", "a.bin")
         start = log.stat().st_size
-        with Server(binary, model, loaded, slots, log, threads, env) as srv:
+        with slot_server(binary, model, loaded, slots, log, threads, env) as srv:
             status, _ = srv.slot("restore", "a.bin")
-            _, evaluated = srv.complete(toks, n_predict=1)
+            _, evaluated = srv.complete(toks, 1)
         message = _refusal(log.read_text(errors="replace")[start:])
     return MismatchResult(
         name,
@@ -434,7 +316,7 @@ def run_cli_mismatch(
                 "-no-cnv",
                 "--temp",
                 "0",
-                *_cache_args(config),
+                *cache_args(config),
                 "--prompt-cache",
                 cache,
                 "-t",

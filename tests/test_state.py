@@ -127,10 +127,10 @@ def test_a_corrupted_slot_file_changes_the_answer(
     slots = tmp_path / "slots"
     slots.mkdir()
     log = tmp_path / "server.log"
-    with state.Server(built.bin / "llama-server", model, config, slots, log, 2) as srv:
+    with state.slot_server(built.bin / "llama-server", model, config, slots, log, 2) as srv:
         toks = srv.tokens(text, state.PROMPT_TOKENS)
-        srv.complete(toks)
-        reference, evaluated = srv.complete(toks)
+        srv.complete(toks, state.N_PREDICT)
+        reference, evaluated = srv.complete(toks, state.N_PREDICT)
         assert evaluated == 1
         assert srv.slot("save", "a.bin")[0] == 200
         data = bytearray((slots / "a.bin").read_bytes())
@@ -143,6 +143,6 @@ def test_a_corrupted_slot_file_changes_the_answer(
         (slots / "a.bin").write_bytes(bytes(data))
         srv.slot("erase")
         assert srv.slot("restore", "a.bin")[0] == 200
-        corrupted, evaluated = srv.complete(toks)
+        corrupted, evaluated = srv.complete(toks, state.N_PREDICT)
     assert evaluated == 1
     assert corrupted != reference
