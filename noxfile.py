@@ -74,6 +74,15 @@ def state(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def needle(session: nox.Session) -> None:
+    """Pass-key retrieval at depth per cache configuration, gated against q4_0's loss
+    (gates.toml [needle]). Posargs: `-- --lengths 2048`, `-- --help`."""
+    _install(session)
+    session.run("python", "-m", "harness", "build", "--state-tools")
+    session.run("python", "-m", "harness", "needle", *session.posargs)
+
+
+@nox.session(default=False)
 def text(session: nox.Session) -> None:
     """The pinned texts into the cache, verified. Posargs: `-- --deb PATH` (no apt-get)."""
     _install(session)
