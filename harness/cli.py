@@ -1,8 +1,6 @@
 """Command line of the harness: ``python -m harness COMMAND``; the nox sessions call this.
 
-Exit codes: 0 success, 2 usage, and one per failure class (``harness.errors``):
-11 config, 12 tool missing, 13 fetch, 14 integrity, 15 cache locked, 16 patch conflict,
-17 stale patches, 18 dirty checkout, 19 build, 20 parity, 21 gate, 22 model, 23 command.
+Each failure class of ``harness.errors`` has its own exit code; ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import git
 from harness import bench, corpus, models, needle, parity, patches, peers, state, suite, user_files
 from harness import build as build_mod
 from harness.config import Paths, environment, load_pin
-from harness.errors import CommandFailed, ConfigError, HarnessError
+from harness.errors import CommandFailed, ConfigError, HarnessError, exit_codes_text
 from harness.lock import exclusive
 from harness.parity import ggml as parity_ggml
 from harness.perplexity import CacheConfig
@@ -365,6 +363,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m harness",
         description=__doc__,
+        epilog=exit_codes_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = top.add_subparsers(dest="command", required=True)

@@ -96,7 +96,7 @@ class ParityError(HarnessError):
 
 
 class GateFailed(HarnessError):
-    """A perplexity or KL-divergence gate failed."""
+    """A quality gate failed (perplexity, KL divergence, retrieval)."""
 
     exit_code = 21
     hint = "the failing gate names its line in gates.toml; read the report before relaxing it"
@@ -130,3 +130,31 @@ ALL_ERRORS: tuple[type[HarnessError], ...] = (
     ModelError,
     CommandFailed,
 )
+
+
+def exit_code_lines() -> list[tuple[int, str, str]]:
+    """(exit code, class name, first docstring line) of every failure class, by code: the
+    one source of the exit-code list in ``python -m harness --help`` and README.md."""
+    return sorted(
+        (c.exit_code, c.__name__, (c.__doc__ or "").strip().splitlines()[0]) for c in ALL_ERRORS
+    )
+
+
+def exit_codes_text() -> str:
+    """The exit codes as ``--help`` prints them, one class per line."""
+    rows = [
+        (0, "", "success"),
+        (2, "", "usage: an option argparse rejects"),
+        (130, "", "interrupted (Ctrl-C)"),
+    ]
+    rows += exit_code_lines()
+    return "exit codes:\n" + "\n".join(
+        f"  {code:3d}  {name:15s} {what}" for code, name, what in sorted(rows)
+    )
+
+
+def exit_codes_markdown() -> str:
+    """README.md's exit-code table (tests/test_cli_errors.py keeps the README equal to it)."""
+    lines = ["| code | class | meaning |", "|---|---|---|"]
+    lines += [f"| {code} | {name} | {what} |" for code, name, what in exit_code_lines()]
+    return "\n".join(lines)

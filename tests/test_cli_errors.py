@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,20 @@ def test_the_lock_waits_as_long_as_the_environment_says(
     lock = tmp_path / "lock"
     with exclusive(lock), pytest.raises(CacheLocked, match=r"waited 0 s"), exclusive(lock):
         pass
+
+
+def test_every_failure_class_has_its_own_code_and_the_readme_lists_them() -> None:
+    """One list of exit codes: harness.errors; --help and README.md are generated from it."""
+    from harness import errors
+
+    classes = set(errors.HarnessError.__subclasses__())
+    assert classes == set(errors.ALL_ERRORS)
+    codes = [c.exit_code for c in errors.ALL_ERRORS]
+    assert len(set(codes)) == len(codes) and 2 not in codes and 130 not in codes
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert errors.exit_codes_markdown() in readme
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "--help"], capture_output=True, text=True, check=True
+    )
+    for code, name, _ in errors.exit_code_lines():
+        assert f"{code:3d}  {name}" in out.stdout
