@@ -28,14 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.cache_types import CacheConfig
 from harness.config import Paths  # noqa: E402
-from harness.perplexity import (  # noqa: E402
-    BaseKey,
-    CacheConfig,
-    Runner,
-    RunSettings,
-    build_identity,
-)
+from harness.perplexity import BaseKey, Runner, RunSettings, build_identity
 
 CONFIGS = ("q8_0", "q4_0", "turbo3", "turbo4", "turbo5/turbo3", "q8_0/turbo3")
 

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import models, proc, speed_model
+from harness.cache_types import CacheConfig
 from harness.config import Paths
 from harness.errors import CommandFailed, GateFailed
-from harness.perplexity import CacheConfig, KvAllocation, ParseError, kv_allocation
+from harness.llama_log import KvAllocation, ParseError, kv_allocation
 from harness.progress import Progress
 
 # Issue targets: memory is deterministic and gated; speed is reported against its target,

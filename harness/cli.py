@@ -17,11 +17,11 @@ import git
 
 from harness import bench, corpus, models, needle, parity, patches, peers, state, suite, user_files
 from harness import build as build_mod
+from harness.cache_types import CacheConfig
 from harness.config import Paths, environment, load_pin
 from harness.errors import CommandFailed, ConfigError, HarnessError, exit_codes_text
 from harness.lock import exclusive
 from harness.parity import ggml as parity_ggml
-from harness.perplexity import CacheConfig
 from harness.upstream import FetchMode, Upstream, ensure_upstream
 
 

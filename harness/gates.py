@@ -32,8 +32,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.cache_types import CacheConfig
 from harness.errors import ConfigError, GateFailed
-from harness.perplexity import CacheConfig, RunResult, ppl_change_pct
+from harness.llama_log import RunResult, ppl_change_pct
 
 COMPARE: dict[type[ast.cmpop], Callable[[float, float], bool]] = {
     ast.Lt: operator.lt,

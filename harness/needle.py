@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.cache_types import CacheConfig
 from harness.errors import ConfigError, GateFailed
-from harness.perplexity import CacheConfig
 from harness.server import Server
 
 INTRO = (

@@ -22,11 +22,11 @@ from pathlib import Path
 import git
 
 from harness import build as build_mod
+from harness.cache_types import CACHE_TYPES, CacheConfig
 from harness.config import Paths
 from harness.digest import sha256_file
 from harness.errors import ConfigError, FetchError, IntegrityError
 from harness.lock import exclusive
-from harness.perplexity import CACHE_TYPES, CacheConfig
 
 MARKER = ".tqh-peer.json"
 # Upstream's cache types keep their names in a peer that descends from upstream.

@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness.cache_types import CacheConfig
 from harness.gates import GateFile, Outcome
+from harness.llama_log import Estimate, LoggedModel, RunResult, ppl_change_pct
 from harness.models import ModelInfo, ModelPin
-from harness.perplexity import CacheConfig, Estimate, LoggedModel, RunResult, ppl_change_pct
 from harness.user_files import UserFile
 
 

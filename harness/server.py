@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import proc
+from harness.cache_types import CacheConfig
 from harness.errors import CommandFailed
-from harness.perplexity import CacheConfig
 
 READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 600.0

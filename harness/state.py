@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import proc
+from harness.cache_types import CacheConfig
 from harness.errors import CommandFailed, GateFailed
-from harness.perplexity import CacheConfig
 from harness.server import Server, cache_args
 
 TYPES = ("f16", "q8_0", "q4_0", "turbo2", "turbo3", "turbo4", "turbo5")

@@ -26,21 +26,13 @@ from pathlib import Path
 
 from harness import corpus, gates, models, proc, report, user_files
 from harness.build import kernels_digest
+from harness.cache_types import CacheConfig, HeadSizeRefused, block64_allowed, head_size_refusal
 from harness.config import Paths
 from harness.errors import CommandFailed, ConfigError, HarnessError
+from harness.llama_log import ParseError
 from harness.lock import exclusive
 from harness.patches import Series
-from harness.perplexity import (
-    BaseKey,
-    CacheConfig,
-    HeadSizeRefused,
-    ParseError,
-    Runner,
-    RunSettings,
-    block64_allowed,
-    build_identity,
-    head_size_refusal,
-)
+from harness.perplexity import BaseKey, Runner, RunSettings, build_identity
 from harness.user_files import UserFile
 
 SUITES = ("default", "quick", "long")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from harness import bench, models, speed_model
+from harness.cache_types import CacheConfig
 from harness.config import Paths
-from harness.perplexity import CacheConfig, ParseError
+from harness.llama_log import ParseError
 
 # Lines of a real `llama-bench -v -d 0,4096` log (SmolLM2, f16; one context per test).
 CONTEXT = bench.CONTEXT_START + "\nllama_context: n_ctx                 = {cells}\n"

@@ -12,9 +12,9 @@ import pytest
 
 from harness import build as build_mod
 from harness import corpus, models, needle
+from harness.cache_types import CacheConfig
 from harness.config import Paths
 from harness.errors import ConfigError, GateFailed
-from harness.perplexity import CacheConfig
 from harness.server import Server
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ import pytest
 
 from harness import cli, peers
 from harness.build import Backend
+from harness.cache_types import CacheConfig
 from harness.config import REPO_ROOT, Paths
 from harness.digest import sha256_file
 from harness.errors import ConfigError, FetchError, IntegrityError
-from harness.perplexity import CacheConfig
 
 # A llama.cpp stand-in: the two programs a peer build makes, in bin/ as llama.cpp puts them.
 CMAKE = """cmake_minimum_required(VERSION 3.16)

@@ -21,7 +21,7 @@ import pytest
 from harness import gates, report, suite
 from harness.config import REPO_ROOT, Paths
 from harness.errors import ConfigError, GateFailed
-from harness.perplexity import Estimate, ParseError, RunResult, parse_kld
+from harness.llama_log import Estimate, ParseError, RunResult, parse_kld
 
 DATA = Path(__file__).parent / "data" / "perplexity"
 LONG_CONFIGS = ["f16", "q8_0", "q4_0", "turbo3", "turbo4", "turbo5/turbo3", "q8_0/turbo3"]
@@ -420,7 +420,7 @@ def test_a_sliding_window_cache_smaller_than_the_context_is_read() -> None:
     """Gemma 3 at 8192: the full cache of 3 layers holds 8192 cells, the sliding-window cache
     of 15 layers 1024 (512 + a batch). Bytes per token count each cache over its own cells,
     so they are what they are at 512 (18432 for f16, docs/measurements.md)."""
-    from harness.perplexity import kv_allocation
+    from harness.llama_log import kv_allocation
 
     log = (
         "llama_kv_cache: size =   24.00 MiB (  8192 cells,   3 layers,  1/1 seqs), "

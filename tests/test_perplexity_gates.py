@@ -10,7 +10,7 @@ import pytest
 from harness import gates
 from harness.config import REPO_ROOT
 from harness.errors import ConfigError, GateFailed
-from harness.perplexity import RunResult, parse_kld
+from harness.llama_log import RunResult, parse_kld
 
 DATA = Path(__file__).parent / "data" / "perplexity"
 MODEL = "smollm2-135m"

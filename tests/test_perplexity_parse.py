@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.cache_types import CacheConfig, block64_allowed, head_size_refusal
 from harness.errors import CommandFailed, ConfigError
+from harness.llama_log import ParseError, logged_model, parse_base, parse_kld
 from harness.models import ModelInfo
-from harness.perplexity import (
-    CacheConfig,
-    ParseError,
-    block64_allowed,
-    head_size_refusal,
-    logged_model,
-    parse_base,
-    parse_kld,
-)
 
 DATA = Path(__file__).parent / "data" / "perplexity"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from harness import gates, report
 from harness.config import REPO_ROOT
+from harness.llama_log import parse_kld
 from harness.models import ModelInfo, load_lock
-from harness.perplexity import parse_kld
 
 DATA = Path(__file__).parent / "data" / "perplexity"
 MODEL = "smollm2-135m"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.cache_types import CacheConfig, HeadSizeRefused
 from harness.config import Paths
 from harness.errors import ConfigError, ModelError
-from harness.perplexity import BaseKey, CacheConfig, HeadSizeRefused, Runner, RunSettings
+from harness.perplexity import BaseKey, Runner, RunSettings
 
 DATA = Path(__file__).parent / "data" / "perplexity"
 

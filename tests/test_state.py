@@ -13,8 +13,8 @@ import pytest
 
 from harness import build as build_mod
 from harness import corpus, models, state
+from harness.cache_types import CacheConfig
 from harness.config import Paths
-from harness.perplexity import CacheConfig
 
 # The shape of test-save-load-state's output, cut from a real run (SmolLM2, q8_0/turbo3,
 # before patch 0010): tests 5 and 7 print no PASS, and the program dies in test 7.
