@@ -142,7 +142,7 @@ def test_the_long_suite_and_the_depth_gates_are_in_gates_toml() -> None:
     assert long is not None and long.depth and long.text == "long"
     assert list(long.configs) == LONG_CONFIGS
     assert long.contexts_for("smollm2-135m") == (512, 2048, 8192)
-    assert long.contexts_for("gemma3-270m") == (512, 2048, 8192)
+    assert long.contexts_for("gemma3-270m") == (512, 4096, 16384)
     assert long.contexts_for("someone-elses-model") == (512, 8192)
     assert not real.full.depth and not real.quick.depth
     growth = [g for g in real.gates if g.depth]
@@ -372,24 +372,27 @@ def test_the_plot_names_every_configuration(tmp_path: Path) -> None:
 def test_a_window_that_does_not_fit_in_memory_is_refused_before_anything_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Gemma 3 at 16384 needs 24 GiB for one window's logits and log-probabilities: on a
-    machine with 21.9 GiB available that is one clear error, not the OOM killer an hour in."""
+    """Gemma 3 at 32768 needs 33.5 GiB for one window's logits and log-probabilities: on a
+    machine with 21.9 GiB available that is one clear error, not the OOM killer an hour in;
+    16384 (17.5 GiB) fits."""
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   22960000 kB\n")
     assert suite.available_bytes(meminfo) == 22960000 * 1024
     assert suite.available_bytes(tmp_path / "none") is None
-    assert suite.window_bytes(16384, 262144) == 16384 * (262144 * 4 + 262148 * 2)
+    assert suite.window_bytes(16384, 262144) == (
+        8192 * 262144 * 4 + 16384 * 262148 * 2 + 512 * 262144 * 4 + 2**30
+    )
     monkeypatch.setattr(suite, "available_bytes", lambda: 22960000 * 1024)
-    suite._check_memory("gemma3-270m", (512, 8192), 262144)  # 12 GiB: fits
+    suite._check_memory("gemma3-270m", (512, 4096, 16384), 262144)  # 17.5 GiB: fits
     with pytest.raises(ConfigError) as err:
-        suite._check_memory("gemma3-270m", (512, 16384), 262144)
+        suite._check_memory("gemma3-270m", (512, 32768), 262144)
     assert err.value.exit_code == 11
     assert str(err.value) == (
-        "gemma3-270m at a context of 16384 tokens: llama-perplexity holds a whole window's "
-        "logits and log-probabilities, 24.0 GiB for 16384 tokens x a vocabulary of 262144, "
+        "gemma3-270m at a context of 32768 tokens: llama-perplexity holds a whole window's "
+        "logits and log-probabilities, 33.5 GiB for 32768 tokens x a vocabulary of 262144, "
         "and this machine has 21.9 GiB available"
     )
-    assert "about 14848 tokens fit here" in err.value.hint
+    assert "about 20480 tokens fit here" in err.value.hint
     suite._check_memory("my-model", (512, 16384), None)  # vocabulary unknown: llama.cpp decides
 
 
