@@ -228,9 +228,33 @@ template <int NH> __device__ __forceinline__ void tq_cu_fwht_warp(float *r, cons
     }
 }
 
-/* SET_ROWS into a turbo tensor, one warp per block: row i01 of src0 (floats, strides
- * s01..s03 in floats) goes to row src1[i01, i02 % ne11, i03 % ne12] of dst (strides
- * nb1..nb3 in bytes), as ggml defines the op. */
+/* Where warp w of a SET_ROWS into a turbo tensor reads and writes, a warp taking W floats of
+ * a row and writing W / N blocks: row i01 of src0 (floats, strides s01..s03 in floats) goes
+ * to row src1[i01, i02 % ne11, i03 % ne12] of dst (strides nb1..nb3 in bytes), as ggml
+ * defines the op. Sets y (the warp's first float) and blk (its first block). */
+template <typename idx_t, int W, int B, int N>
+__device__ __forceinline__ void tq_cu_set_rows_place(int64_t w, const float *src0, const idx_t *src1,
+                                                     char *dst, int64_t ne00, int64_t ne01,
+                                                     int64_t ne02, int64_t ne11, int64_t ne12,
+                                                     int64_t s01, int64_t s02, int64_t s03,
+                                                     int64_t s10, int64_t s11, int64_t s12,
+                                                     int64_t nb1, int64_t nb2, int64_t nb3,
+                                                     const float *&y, uint8_t *&blk)
+{
+    const int64_t per_row = ne00 / W;
+    int64_t t = w;
+    const int64_t ir = t % per_row;
+    t /= per_row;
+    const int64_t i01 = t % ne01;
+    t /= ne01;
+    const int64_t i02 = t % ne02;
+    const int64_t i03 = t / ne02;
+    const int64_t row = (int64_t)src1[i01 * s10 + (i02 % ne11) * s11 + (i03 % ne12) * s12];
+    y = src0 + i01 * s01 + i02 * s02 + i03 * s03 + ir * W;
+    blk = (uint8_t *)(dst + row * nb1 + i02 * nb2 + i03 * nb3) + ir * (W / N) * tq_cu_format<B, N>::nbytes;
+}
+
+/* SET_ROWS into a turbo tensor, one warp per block (tq_cu_set_rows_place). */
 template <typename idx_t, int B, int N>
 __global__ void tq_cu_k_set_rows(const float *src0, const idx_t *src1, char *dst, int64_t nblocks,
                                  int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne11,
@@ -241,17 +265,10 @@ __global__ void tq_cu_k_set_rows(const float *src0, const idx_t *src1, char *dst
     if (w >= nblocks) {
         return; /* w is the same for the 32 lanes of a warp */
     }
-    const int64_t per_row = ne00 / N;
-    int64_t t = w;
-    const int64_t ib = t % per_row;
-    t /= per_row;
-    const int64_t i01 = t % ne01;
-    t /= ne01;
-    const int64_t i02 = t % ne02;
-    const int64_t i03 = t / ne02;
-    const int64_t row = (int64_t)src1[i01 * s10 + (i02 % ne11) * s11 + (i03 % ne12) * s12];
-    const float *y = src0 + i01 * s01 + i02 * s02 + i03 * s03 + ib * N;
-    uint8_t *blk = (uint8_t *)(dst + row * nb1 + i02 * nb2 + i03 * nb3) + ib * tq_cu_format<B, N>::nbytes;
+    const float *y;
+    uint8_t *blk;
+    tq_cu_set_rows_place<idx_t, N, B, N>(w, src0, src1, dst, ne00, ne01, ne02, ne11, ne12, s01, s02,
+                                         s03, s10, s11, s12, nb1, nb2, nb3, y, blk);
     tq_cu_quantize_block_warp<B, N>(y, blk);
 }
 
@@ -272,16 +289,10 @@ __global__ void tq_cu_k_set_rows_rot(const float *src0, const idx_t *src1, char 
         return; /* w is the same for the 32 lanes of a warp */
     }
     const int lane = threadIdx.x % 32;
-    const int64_t per_row = ne00 / W;
-    int64_t t = w;
-    const int64_t ir = t % per_row;
-    t /= per_row;
-    const int64_t i01 = t % ne01;
-    t /= ne01;
-    const int64_t i02 = t % ne02;
-    const int64_t i03 = t / ne02;
-    const int64_t row = (int64_t)src1[i01 * s10 + (i02 % ne11) * s11 + (i03 % ne12) * s12];
-    const float *y = src0 + i01 * s01 + i02 * s02 + i03 * s03 + ir * W;
+    const float *y;
+    uint8_t *blk;
+    tq_cu_set_rows_place<idx_t, W, B, N>(w, src0, src1, dst, ne00, ne01, ne02, ne11, ne12, s01, s02,
+                                         s03, s10, s11, s12, nb1, nb2, nb3, y, blk);
     float r[W / 32];
 #pragma unroll
     for (int m = 0; m < W / 32; m++) {
@@ -291,8 +302,6 @@ __global__ void tq_cu_k_set_rows_rot(const float *src0, const idx_t *src1, char 
     for (int k = 0; k < W / NH; k++) {
         tq_cu_fwht_warp<NH>(r + k * (NH / 32), scale);
     }
-    uint8_t *blk = (uint8_t *)(dst + row * nb1 + i02 * nb2 + i03 * nb3) +
-                   ir * (W / N) * tq_cu_format<B, N>::nbytes;
 #pragma unroll
     for (int k = 0; k < W / N; k++) {
         tq_cu_quantize_regs_warp<B, N>(r + k * (N / 32), blk + k * tq_cu_format<B, N>::nbytes);
