@@ -165,7 +165,7 @@ class Server:
 
     def tokens(self, text: str, n: int) -> list[int]:
         """The first ``n`` tokens of ``text``; raises CommandFailed if it holds fewer."""
-        toks = self.post("/tokenize", {"content": text})["tokens"]
+        toks = self.tokenize(text, special=False)
         if len(toks) < n:
             raise CommandFailed(f"the prompt text holds {len(toks)} tokens, {n} are needed")
         return toks[:n]
