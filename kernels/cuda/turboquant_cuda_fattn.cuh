@@ -28,7 +28,12 @@
  * parity-checked ones (levels8, scale).
  *
  * Needs ggml-cuda's common.cuh and fattn-common.cuh included first (launch_fattn, the
- * kernel signature fattn_kernel_t, warp reductions, get_alibi_slope).
+ * kernel signature fattn_kernel_t, warp reductions, get_alibi_slope). No pointer is
+ * __restrict__: launch_fattn launches with programmatic dependent launch on Hopper and newer,
+ * where a restrict-qualified read-only pointer lets the compiler move a load of the cache
+ * above ggml_cuda_pdl_sync() (llama.cpp PR 24030). Helpers take GGML_CUDA_RESTRICT, which is
+ * empty there; kernel parameters take neither, since it differs between nvcc's host and
+ * device passes.
  */
 #ifndef TURBOQUANT_CUDA_FATTN_CUH
 #define TURBOQUANT_CUDA_FATTN_CUH
@@ -156,9 +161,9 @@ template <typename S, int D> struct tq_fa_row {
 /* Stage the K and V tiles; each warp takes rows warp, warp + NW, ..., eight at a time, with
  * all of their loads in flight before the first store. */
 template <typename SK, typename SV, int D, int T, int NW>
-static __device__ __forceinline__ void tq_fa_stage(const char * __restrict__ K, int64_t nbk,
-        const char * __restrict__ V, int64_t nbv, int k0, int k_max,
-        uint8_t * __restrict__ Kt, uint8_t * __restrict__ Vt, int lane, int warp)
+static __device__ __forceinline__ void tq_fa_stage(const char * GGML_CUDA_RESTRICT K, int64_t nbk,
+        const char * V, int64_t nbv, int k0, int k_max,
+        uint8_t * GGML_CUDA_RESTRICT Kt, uint8_t * GGML_CUDA_RESTRICT Vt, int lane, int warp)
 {
     typedef tq_fa_row<SK, D> RK;
     typedef tq_fa_row<SV, D> RV;
@@ -260,8 +265,8 @@ template <bool TRANS> static __device__ __forceinline__ void tq_fa_ldmatrix(uint
  * levels stay unscaled and the row's scale goes to dsc[row] (applied to the scores, or
  * folded into the probabilities); else each value is d * level. */
 template <typename S, int D, int T, int NT>
-static __device__ __forceinline__ void tq_fa_decode_tile(const uint8_t * __restrict__ st, const float * lut,
-        const typename S::hlut & ht, half * __restrict__ dh, float * __restrict__ dsc, int tid)
+static __device__ __forceinline__ void tq_fa_decode_tile(const uint8_t * GGML_CUDA_RESTRICT st, const float * lut,
+        const typename S::hlut & ht, half * GGML_CUDA_RESTRICT dh, float * GGML_CUDA_RESTRICT dsc, int tid)
 {
     constexpr int NG = D / 8;        /* items per row */
     constexpr bool ROW = D == S::QK; /* one scale per row */
@@ -315,14 +320,14 @@ template <int D, typename SK, typename SV> __host__ __device__ constexpr int tq_
 template <int D, int G, ggml_type type_K, ggml_type type_V>
 __launch_bounds__(TQ_FA_NTHREADS, (tq_fa_min_blocks<D, tq_fa_staged<type_K>, tq_fa_staged<type_V>>()))
 static __global__ void tq_flash_attn_ext_vec(
-        const char * __restrict__ Q,
-        const char * __restrict__ K,
-        const char * __restrict__ V,
-        const char * __restrict__ mask,
-        const char * __restrict__ sinks,
-        const int  * __restrict__ KV_max,
-        float      * __restrict__ dst,
-        float2     * __restrict__ dst_meta,
+        const char * Q,
+        const char * K,
+        const char * V,
+        const char * mask,
+        const char * sinks,
+        const int  * KV_max,
+        float      * dst,
+        float2     * dst_meta,
         const float scale,
         const float max_bias,
         const float m0,
@@ -613,7 +618,7 @@ static __device__ __forceinline__ void tq_fa_mma4(float c[4], uint32_t a0, uint3
  * j0 .. j0+7 of the block blk (zero index bits where !in, a row at or past the end). Where a
  * row is one block (ROW) the scale stays out, else each value is d * level. */
 template <typename S, bool ROW>
-static __device__ __forceinline__ void tq_fa_row8(const uint8_t * __restrict__ blk, bool in, int j0,
+static __device__ __forceinline__ void tq_fa_row8(const uint8_t * GGML_CUDA_RESTRICT blk, bool in, int j0,
         const typename S::hlut & ht, uint32_t out[4])
 {
     uint32_t lo = 0u;
@@ -651,14 +656,14 @@ static __device__ __forceinline__ void tq_fa_row8(const uint8_t * __restrict__ b
 template <int D, int G, ggml_type type_K, ggml_type type_V>
 __launch_bounds__(TQ_FA_NTHREADS, D <= 128 ? 4 : 2) /* 128 registers; 255 for D = 256 (ptxas -v) */
 static __global__ void tq_flash_attn_ext_mma(
-        const char * __restrict__ Q,
-        const char * __restrict__ K,
-        const char * __restrict__ V,
-        const char * __restrict__ mask,
-        const char * __restrict__ sinks,
-        const int  * __restrict__ KV_max,
-        float      * __restrict__ dst,
-        float2     * __restrict__ dst_meta,
+        const char * Q,
+        const char * K,
+        const char * V,
+        const char * mask,
+        const char * sinks,
+        const int  * KV_max,
+        float      * dst,
+        float2     * dst_meta,
         const float scale,
         const float max_bias,
         const float m0,

@@ -10,7 +10,11 @@
  *                                              few blocks, so their latency is what counts)
  *   tq_cu_set_rows_rot<idx_t, NH, B, N>(...)    the same, of rows first rotated as ggml-cuda's
  *                                              fwht_cuda<NH> rotates them (the Hadamard
- *                                              MUL_MAT before a quantized K/V cache, fused)
+ *                                              MUL_MAT before a quantized K/V cache, fused),
+ *                                              with Q's rotation by the same matrix riding along
+ *                                              Both launch through a Launch callable: plain
+ *                                              <<<>>> by default, ggml-cuda's own launcher
+ *                                              (programmatic dependent launch) in set-rows.cu
  *   tq_cu_dequantize_ggml<B, N>(vx, ib, iqs, v) dequantize_kernel_t with qr = 2: values iqs
  *                                              and iqs + N/2 of block ib (get_rows, the
  *                                              conversions to f16/f32 for flash attention)
@@ -228,6 +232,28 @@ template <int NH> __device__ __forceinline__ void tq_cu_fwht_warp(float *r, cons
     }
 }
 
+/* Programmatic dependent launch (sm_90 and newer): a kernel launched with it may start while
+ * the kernel before it in the stream still runs, so it waits here before it reads anything
+ * that kernel may write, then lets the next kernel start its own prologue (which waits in
+ * turn). A kernel launched without it (<<<>>>, or ggml-cuda's GGML_CUDA_PDL=0) finds both
+ * no-ops. */
+__device__ __forceinline__ void tq_cu_pdl_wait_then_release()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cudaGridDependencySynchronize();
+    cudaTriggerProgrammaticLaunchCompletion();
+#endif
+}
+
+/* The default Launch of the launchers below: kernel<<<grid, block, 0, stream>>>(args...). */
+struct tq_cu_launch_plain {
+    template <typename Kernel, typename... Args>
+    void operator()(Kernel kernel, dim3 grid, dim3 block, cudaStream_t stream, Args... args) const
+    {
+        kernel<<<grid, block, 0, stream>>>(args...);
+    }
+};
+
 /* Where warp w of a SET_ROWS into a turbo tensor reads and writes, a warp taking W floats of
  * a row and writing W / N blocks: row i01 of src0 (floats, strides s01..s03 in floats) goes
  * to row src1[i01, i02 % ne11, i03 % ne12] of dst (strides nb1..nb3 in bytes), as ggml
@@ -267,6 +293,7 @@ __global__ void tq_cu_k_set_rows(const float *src0, const idx_t *src1, char *dst
     }
     const float *y;
     uint8_t *blk;
+    tq_cu_pdl_wait_then_release();
     tq_cu_set_rows_place<idx_t, N, B, N>(w, src0, src1, dst, ne00, ne01, ne02, ne11, ne12, s01, s02,
                                          s03, s10, s11, s12, nb1, nb2, nb3, y, blk);
     tq_cu_quantize_block_warp<B, N>(y, blk);
@@ -274,21 +301,38 @@ __global__ void tq_cu_k_set_rows(const float *src0, const idx_t *src1, char *dst
 
 /* tq_cu_k_set_rows of the Walsh-Hadamard rotation of src0 (fused fwht_cuda<NH> + SET_ROWS):
  * one warp per W = max(NH, N) floats of a row, that is W / NH rotations and W / N blocks
- * (llama.cpp rotates V by 64 points, K by up to 256), rotated in registers, then quantized. */
+ * (llama.cpp rotates V by 64 points, K by up to 256), rotated in registers, then quantized.
+ * The nq warps after those run fwht_cuda<NH> alone on nq rows of NH contiguous floats, q_src
+ * to q_dst: llama.cpp rotates Q by the same matrix as K, so one launch does both. */
 template <typename idx_t, int NH, int B, int N>
 __global__ void tq_cu_k_set_rows_rot(const float *src0, const idx_t *src1, char *dst, int64_t nwarps,
-                                     float scale, int64_t ne00, int64_t ne01, int64_t ne02,
-                                     int64_t ne11, int64_t ne12, int64_t s01, int64_t s02,
-                                     int64_t s03, int64_t s10, int64_t s11, int64_t s12, int64_t nb1,
-                                     int64_t nb2, int64_t nb3)
+                                     const float *q_src, float *q_dst, int64_t nq, float scale,
+                                     int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne11,
+                                     int64_t ne12, int64_t s01, int64_t s02, int64_t s03, int64_t s10,
+                                     int64_t s11, int64_t s12, int64_t nb1, int64_t nb2, int64_t nb3)
 {
     constexpr int W = NH > N ? NH : N;
     static_assert(W % NH == 0 && W % N == 0, "a warp holds whole rotations and whole blocks");
     const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    if (w >= nwarps) {
+    if (w >= nwarps + nq) {
         return; /* w is the same for the 32 lanes of a warp */
     }
     const int lane = threadIdx.x % 32;
+    tq_cu_pdl_wait_then_release();
+    if (w >= nwarps) {
+        const int64_t first = (w - nwarps) * NH + lane;
+        float r[NH / 32];
+#pragma unroll
+        for (int m = 0; m < NH / 32; m++) {
+            r[m] = q_src[first + 32 * m];
+        }
+        tq_cu_fwht_warp<NH>(r, scale);
+#pragma unroll
+        for (int m = 0; m < NH / 32; m++) {
+            q_dst[first + 32 * m] = r[m];
+        }
+        return;
+    }
     const float *y;
     uint8_t *blk;
     tq_cu_set_rows_place<idx_t, W, B, N>(w, src0, src1, dst, ne00, ne01, ne02, ne11, ne12, s01, s02,
@@ -308,29 +352,33 @@ __global__ void tq_cu_k_set_rows_rot(const float *src0, const idx_t *src1, char 
     }
 }
 
-template <typename idx_t, int NH, int B, int N>
+/* Launches tq_cu_k_set_rows_rot: the SET_ROWS of src0's rotation as tq_cu_set_rows takes it,
+ * plus q_nrows rows of NH floats rotated from q_src into q_dst (0 and null pointers: none). */
+template <typename idx_t, int NH, int B, int N, typename Launch = tq_cu_launch_plain>
 void tq_cu_set_rows_rot(const float *src0, const idx_t *src1, char *dst, int64_t ne00,
                         int64_t ne01, int64_t ne02, int64_t ne03, int64_t ne11, int64_t ne12,
                         int64_t s01, int64_t s02, int64_t s03, int64_t s10, int64_t s11,
-                        int64_t s12, int64_t nb1, int64_t nb2, int64_t nb3, cudaStream_t stream)
+                        int64_t s12, int64_t nb1, int64_t nb2, int64_t nb3, const float *q_src,
+                        float *q_dst, int64_t q_nrows, cudaStream_t stream,
+                        const Launch &launch = Launch())
 {
     constexpr int W = NH > N ? NH : N;
     const int64_t nwarps = ne00 / W * ne01 * ne02 * ne03;
-    if (nwarps == 0) {
+    if (nwarps + q_nrows == 0) {
         return;
     }
     constexpr int threads = 128;
-    const int64_t grid = (nwarps * 32 + threads - 1) / threads;
-    tq_cu_k_set_rows_rot<idx_t, NH, B, N><<<(unsigned)grid, threads, 0, stream>>>(
-        src0, src1, dst, nwarps, 1 / sqrtf(NH), ne00, ne01, ne02, ne11, ne12, s01, s02, s03, s10,
-        s11, s12, nb1, nb2, nb3);
+    const int64_t grid = ((nwarps + q_nrows) * 32 + threads - 1) / threads;
+    launch(tq_cu_k_set_rows_rot<idx_t, NH, B, N>, dim3((unsigned)grid), dim3(threads), stream, src0,
+           src1, dst, nwarps, q_src, q_dst, q_nrows, 1 / sqrtf(NH), ne00, ne01, ne02, ne11, ne12,
+           s01, s02, s03, s10, s11, s12, nb1, nb2, nb3);
 }
 
-template <typename idx_t, int B, int N>
+template <typename idx_t, int B, int N, typename Launch = tq_cu_launch_plain>
 void tq_cu_set_rows(const float *src0, const idx_t *src1, char *dst, int64_t ne00, int64_t ne01,
                     int64_t ne02, int64_t ne03, int64_t ne11, int64_t ne12, int64_t s01,
                     int64_t s02, int64_t s03, int64_t s10, int64_t s11, int64_t s12, int64_t nb1,
-                    int64_t nb2, int64_t nb3, cudaStream_t stream)
+                    int64_t nb2, int64_t nb3, cudaStream_t stream, const Launch &launch = Launch())
 {
     const int64_t nblocks = ne00 / N * ne01 * ne02 * ne03;
     if (nblocks == 0) {
@@ -338,9 +386,8 @@ void tq_cu_set_rows(const float *src0, const idx_t *src1, char *dst, int64_t ne0
     }
     constexpr int threads = 128;
     const int64_t grid = (nblocks * 32 + threads - 1) / threads;
-    tq_cu_k_set_rows<idx_t, B, N><<<(unsigned)grid, threads, 0, stream>>>(
-        src0, src1, dst, nblocks, ne00, ne01, ne02, ne11, ne12, s01, s02, s03, s10, s11, s12, nb1,
-        nb2, nb3);
+    launch(tq_cu_k_set_rows<idx_t, B, N>, dim3((unsigned)grid), dim3(threads), stream, src0, src1,
+           dst, nblocks, ne00, ne01, ne02, ne11, ne12, s01, s02, s03, s10, s11, s12, nb1, nb2, nb3);
 }
 #endif /* __CUDACC__ */
 
