@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import proc
+from harness import gguf_py, proc
 from harness.config import Paths
 from harness.corpus import TextPin
 from harness.digest import sha256_file
@@ -248,10 +248,8 @@ def _first(value: Any) -> Any:
 def read_info(path: Path) -> ModelInfo:
     """Architecture, layers, heads, KV heads, head sizes and context length from a GGUF
     header (gguf-py); raises ModelError (exit 22) for an unreadable file or a missing key."""
-    from gguf import GGUFReader
-
     try:
-        reader = GGUFReader(path)
+        reader = gguf_py.load().GGUFReader(path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path} is not a readable GGUF: {exc}") from exc
 

@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import gguf_py
+from harness.errors import HarnessError
+
 TOKENIZER_KEYS = (
     "tokenizer.ggml.model",
     "tokenizer.ggml.pre",
@@ -83,9 +86,7 @@ class SpeedShape:
 def export_tokenizer(src: Path, out: Path) -> int:
     """Copy the tokenizer keys of GGUF ``src`` into gzipped JSON ``out``; return the
     vocabulary size (tokens). Raises KeyError when ``src`` lacks one of them."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(src).fields
+    fields = gguf_py.load().GGUFReader(src).fields
     data = {key: fields[key].contents() for key in TOKENIZER_KEYS}
     out.write_bytes(gzip.compress(json.dumps(data).encode(), mtime=0))
     return len(data["tokenizer.ggml.tokens"])
@@ -94,7 +95,7 @@ def export_tokenizer(src: Path, out: Path) -> int:
 def write_model(tokenizer: Path, out: Path, shape: SpeedShape, seed: int = 0) -> int:
     """Write a llama GGUF of ``shape`` with N(0, 0.02²) f16 weights (unit f32 norms) and the
     tokenizer of ``tokenizer`` (from export_tokenizer); return the file size in bytes."""
-    import gguf
+    gguf = gguf_py.load()
 
     tok = json.loads(gzip.decompress(tokenizer.read_bytes()))
     n_vocab = len(tok["tokenizer.ggml.tokens"])
@@ -156,7 +157,7 @@ def truncate_layers(src: Path, out: Path, n_layer: int) -> int:
     """Copy GGUF ``src`` to ``out`` with only blocks 0 .. n_layer-1 (every key kept, the
     block count changed); return the file size in bytes. Raises ValueError when ``src`` has
     no more than ``n_layer`` blocks."""
-    import gguf
+    gguf = gguf_py.load()
 
     reader = gguf.GGUFReader(src)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
@@ -204,19 +205,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--layers", type=int, required=True)
     args = parser.parse_args(argv)
-    if args.command == "tokenizer":
-        print(f"{args.out}: {export_tokenizer(args.src, args.out)} tokens")
-    elif args.command == "truncate":
-        size = truncate_layers(args.src, args.out, args.layers)
-        print(f"{args.out}: {size / 2**20:.1f} MiB, {args.layers} layers")
-    else:
-        shape = SpeedShape(head_dim=args.head_dim)
-        size = write_model(args.tokenizer, args.out, shape)
-        print(
-            f"{args.out}: {size / 1e9:.2f} GB, {shape.n_layer} layers, {shape.n_head}/"
-            f"{shape.n_head_kv} heads of {shape.head_dim}, {shape.kv_bytes_per_token} B of f16 "
-            "KV per token"
-        )
+    try:
+        if args.command == "tokenizer":
+            print(f"{args.out}: {export_tokenizer(args.src, args.out)} tokens")
+        elif args.command == "truncate":
+            size = truncate_layers(args.src, args.out, args.layers)
+            print(f"{args.out}: {size / 2**20:.1f} MiB, {args.layers} layers")
+        else:
+            shape = SpeedShape(head_dim=args.head_dim)
+            size = write_model(args.tokenizer, args.out, shape)
+            print(
+                f"{args.out}: {size / 1e9:.2f} GB, {shape.n_layer} layers, {shape.n_head}/"
+                f"{shape.n_head_kv} heads of {shape.head_dim}, {shape.kv_bytes_per_token} B of "
+                "f16 KV per token"
+            )
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -3,12 +3,15 @@ llama.cpp in test_llama_build.py)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
+from harness import models, speed_model
+from harness.errors import ToolMissing
 from harness.speed_model import SpeedShape, truncate_layers
 
 
@@ -58,3 +61,18 @@ def test_truncation_to_no_fewer_layers_is_refused(tmp_path: Path, layers: int) -
     with pytest.raises(ValueError, match="keep between 1 and 1"):
         truncate_layers(src, tmp_path / "out.gguf", layers)
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_without_gguf_py_the_module_ends_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A machine without a package index may lack gguf (GPU run 16 ended in a traceback):
+    # the error names what to install, with ToolMissing's exit code.
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    src = tmp_path / "model.gguf"
+    src.write_bytes(b"GGUF")
+    assert speed_model.main(["tokenizer", str(src), str(tmp_path / "tok.json.gz")]) == 12
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install gguf" in err and "gguf-py" in err
+    with pytest.raises(ToolMissing, match="gguf-py"):
+        models.read_info(src)
