@@ -10,8 +10,7 @@
  *                                              few blocks, so their latency is what counts)
  *   tq_cu_set_rows_rot<idx_t, NH, B, N>(...)    the same, of rows first rotated as ggml-cuda's
  *                                              fwht_cuda<NH> rotates them (the Hadamard
- *                                              MUL_MAT before a quantized K/V cache, fused),
- *                                              with Q's rotation by the same matrix riding along
+ *                                              MUL_MAT before a quantized K/V cache, fused)
  *                                              Both launch through a Launch callable: plain
  *                                              <<<>>> by default, ggml-cuda's own launcher
  *                                              (programmatic dependent launch) in set-rows.cu
@@ -301,38 +300,22 @@ __global__ void tq_cu_k_set_rows(const float *src0, const idx_t *src1, char *dst
 
 /* tq_cu_k_set_rows of the Walsh-Hadamard rotation of src0 (fused fwht_cuda<NH> + SET_ROWS):
  * one warp per W = max(NH, N) floats of a row, that is W / NH rotations and W / N blocks
- * (llama.cpp rotates V by 64 points, K by up to 256), rotated in registers, then quantized.
- * The nq warps after those run fwht_cuda<NH> alone on nq rows of NH contiguous floats, q_src
- * to q_dst: llama.cpp rotates Q by the same matrix as K, so one launch does both. */
+ * (llama.cpp rotates V by 64 points, K by up to 256), rotated in registers, then quantized. */
 template <typename idx_t, int NH, int B, int N>
 __global__ void tq_cu_k_set_rows_rot(const float *src0, const idx_t *src1, char *dst, int64_t nwarps,
-                                     const float *q_src, float *q_dst, int64_t nq, float scale,
-                                     int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne11,
-                                     int64_t ne12, int64_t s01, int64_t s02, int64_t s03, int64_t s10,
-                                     int64_t s11, int64_t s12, int64_t nb1, int64_t nb2, int64_t nb3)
+                                     float scale, int64_t ne00, int64_t ne01, int64_t ne02,
+                                     int64_t ne11, int64_t ne12, int64_t s01, int64_t s02,
+                                     int64_t s03, int64_t s10, int64_t s11, int64_t s12, int64_t nb1,
+                                     int64_t nb2, int64_t nb3)
 {
     constexpr int W = NH > N ? NH : N;
     static_assert(W % NH == 0 && W % N == 0, "a warp holds whole rotations and whole blocks");
     const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    if (w >= nwarps + nq) {
+    if (w >= nwarps) {
         return; /* w is the same for the 32 lanes of a warp */
     }
     const int lane = threadIdx.x % 32;
     tq_cu_pdl_wait_then_release();
-    if (w >= nwarps) {
-        const int64_t first = (w - nwarps) * NH + lane;
-        float r[NH / 32];
-#pragma unroll
-        for (int m = 0; m < NH / 32; m++) {
-            r[m] = q_src[first + 32 * m];
-        }
-        tq_cu_fwht_warp<NH>(r, scale);
-#pragma unroll
-        for (int m = 0; m < NH / 32; m++) {
-            q_dst[first + 32 * m] = r[m];
-        }
-        return;
-    }
     const float *y;
     uint8_t *blk;
     tq_cu_set_rows_place<idx_t, W, B, N>(w, src0, src1, dst, ne00, ne01, ne02, ne11, ne12, s01, s02,
@@ -352,26 +335,23 @@ __global__ void tq_cu_k_set_rows_rot(const float *src0, const idx_t *src1, char 
     }
 }
 
-/* Launches tq_cu_k_set_rows_rot: the SET_ROWS of src0's rotation as tq_cu_set_rows takes it,
- * plus q_nrows rows of NH floats rotated from q_src into q_dst (0 and null pointers: none). */
 template <typename idx_t, int NH, int B, int N, typename Launch = tq_cu_launch_plain>
 void tq_cu_set_rows_rot(const float *src0, const idx_t *src1, char *dst, int64_t ne00,
                         int64_t ne01, int64_t ne02, int64_t ne03, int64_t ne11, int64_t ne12,
                         int64_t s01, int64_t s02, int64_t s03, int64_t s10, int64_t s11,
-                        int64_t s12, int64_t nb1, int64_t nb2, int64_t nb3, const float *q_src,
-                        float *q_dst, int64_t q_nrows, cudaStream_t stream,
+                        int64_t s12, int64_t nb1, int64_t nb2, int64_t nb3, cudaStream_t stream,
                         const Launch &launch = Launch())
 {
     constexpr int W = NH > N ? NH : N;
     const int64_t nwarps = ne00 / W * ne01 * ne02 * ne03;
-    if (nwarps + q_nrows == 0) {
+    if (nwarps == 0) {
         return;
     }
     constexpr int threads = 128;
-    const int64_t grid = ((nwarps + q_nrows) * 32 + threads - 1) / threads;
+    const int64_t grid = (nwarps * 32 + threads - 1) / threads;
     launch(tq_cu_k_set_rows_rot<idx_t, NH, B, N>, dim3((unsigned)grid), dim3(threads), stream, src0,
-           src1, dst, nwarps, q_src, q_dst, q_nrows, 1 / sqrtf(NH), ne00, ne01, ne02, ne11, ne12,
-           s01, s02, s03, s10, s11, s12, nb1, nb2, nb3);
+           src1, dst, nwarps, 1 / sqrtf(NH), ne00, ne01, ne02, ne11, ne12, s01, s02, s03, s10, s11,
+           s12, nb1, nb2, nb3);
 }
 
 template <typename idx_t, int B, int N, typename Launch = tq_cu_launch_plain>
