@@ -258,6 +258,44 @@ def write_json(
     path.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
+def plot(sides: list[Side], results: dict[str, dict[str, TypeResult]], path: Path) -> Path:
+    """``path`` (PNG): t/s against KV depth in tokens, prompt processing and decode side by
+    side, one line per configuration (the median over the rounds; a peer's dashed, named
+    ``peer: config``). The numbers are write_json's. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, kind, title in zip(axes, ("pp", "tg"), ("prompt processing", "decode"), strict=True):
+        for side in sides:
+            depths = side.plan.depths
+            for name, res in results[side.name].items():
+                label = name if side.name == "ours" else f"{side.name}: {name}"
+                ax.plot(
+                    depths,
+                    [res.median(f"{kind}@{d}") for d in depths],
+                    marker="o",
+                    linestyle="-" if side.name == "ours" else "--",
+                    label=label,
+                )
+        plan = sides[0].plan
+        tokens = plan.n_prompt if kind == "pp" else plan.n_gen
+        ax.set_title(f"{title} ({kind}{tokens})")
+        ax.set_xlabel("KV depth (tokens)")
+        ax.set_ylabel("t/s")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"llama-bench on {sides[0].plan.model.name}, median of {plan.rounds} rounds")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def speed_model_file(paths: Paths, lock: models.Lock, head_dim: int) -> Path:
     """The random-weight speed model of issue 10 (speed_model.SpeedShape with ``head_dim``
     64, 128 or 256: 16 layers, n_embd 2048, GQA 2, f16 weights, about 1.0 GB) in the cache,

@@ -199,7 +199,7 @@ def cmd_bench(args: argparse.Namespace, paths: Paths) -> None:
         }
     out = _report_path(paths, "bench")
     bench.write_json(sides, results, out, **extra)
-    print(f"wrote {out}")
+    print(f"wrote {out} and {bench.plot(sides, results, out.with_suffix('.png'))}")
     bench.check_memory(results["ours"])
 
 

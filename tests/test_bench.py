@@ -122,3 +122,39 @@ def test_speed_model_is_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(OSError):
         bench.speed_model_file(paths, lock, 256)
     assert not list(tmp_path.glob("speed-models/llama-hd256*.gguf"))
+
+
+def test_plot_draws_median_speed_against_depth_for_every_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13's speed-vs-depth picture: one line per configuration and side, the medians
+    of write_json's numbers at each depth, a peer's dashed."""
+    import matplotlib.axes
+
+    drawn: list[tuple[str, list[int], list[float], str]] = []
+    original = matplotlib.axes.Axes.plot
+
+    def record(self, x, y, **kw):
+        drawn.append((kw["label"], list(x), list(y), kw["linestyle"]))
+        return original(self, x, y, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    plan = bench.BenchPlan(
+        model=Path("m.gguf"), configs=CacheConfig.parse_list("f16,turbo3"), depths=(0, 4096)
+    )
+    speeds = {"pp_0": [300.0, 310.0, 290.0], "pp_4096": [100.0, 90.0, 95.0]}
+    speeds |= {"tg_0": [130.0, 132.0, 120.0], "tg_4096": [47.0, 50.0, 45.0]}
+    ours = {
+        "f16": _result("f16", "f16", 1, **speeds),
+        "turbo3": _result("turbo3", "t", 1, **speeds),
+    }
+    fork = {
+        "turbo3": _result("turbo3", "t", 1, tg_0=[100.0], tg_4096=[3.3], pp_0=[1.0], pp_4096=[1.0])
+    }
+    sides = [bench.Side("ours", Path("bin"), plan), bench.Side("fork", Path("peer"), plan)]
+    out = bench.plot(sides, {"ours": ours, "fork": fork}, tmp_path / "bench.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    decode = [d for d in drawn if d[2][0] in (130.0, 100.0)]
+    assert ("f16", [0, 4096], [130.0, 47.0], "-") in decode
+    assert ("fork: turbo3", [0, 4096], [100.0, 3.3], "--") in decode
+    assert len(drawn) == 6  # 3 lines (f16, turbo3, the fork's turbo3) in each of 2 panels
