@@ -162,7 +162,7 @@ template <typename S, int D> struct tq_fa_row {
  * all of their loads in flight before the first store. */
 template <typename SK, typename SV, int D, int T, int NW>
 static __device__ __forceinline__ void tq_fa_stage(const char * GGML_CUDA_RESTRICT K, int64_t nbk,
-        const char * V, int64_t nbv, int k0, int k_max,
+        const char * GGML_CUDA_RESTRICT V, int64_t nbv, int k0, int k_max,
         uint8_t * GGML_CUDA_RESTRICT Kt, uint8_t * GGML_CUDA_RESTRICT Vt, int lane, int warp)
 {
     typedef tq_fa_row<SK, D> RK;
