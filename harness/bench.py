@@ -267,6 +267,7 @@ def plot(sides: list[Side], results: dict[str, dict[str, TypeResult]], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plan = sides[0].plan
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, kind, title in zip(axes, ("pp", "tg"), ("prompt processing", "decode"), strict=True):
         for side in sides:
@@ -280,7 +281,6 @@ def plot(sides: list[Side], results: dict[str, dict[str, TypeResult]], path: Pat
                     linestyle="-" if side.name == "ours" else "--",
                     label=label,
                 )
-        plan = sides[0].plan
         tokens = plan.n_prompt if kind == "pp" else plan.n_gen
         ax.set_title(f"{title} ({kind}{tokens})")
         ax.set_xlabel("KV depth (tokens)")
@@ -288,7 +288,7 @@ def plot(sides: list[Side], results: dict[str, dict[str, TypeResult]], path: Pat
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"llama-bench on {sides[0].plan.model.name}, median of {plan.rounds} rounds")
+    fig.suptitle(f"llama-bench on {plan.model.name}, median of {plan.rounds} rounds")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
