@@ -41,6 +41,21 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_peer_options(p: argparse.ArgumentParser, how: str) -> None:
+    p.add_argument(
+        "--peer",
+        metavar="NAME",
+        help="also build (once) and measure the peer NAME of peers.toml, no patches of "
+        f"ours: {how}",
+    )
+    p.add_argument(
+        "--peer-archives",
+        type=Path,
+        metavar="DIR",
+        help="a folder holding peer archives (also TQH_PEER_ARCHIVES and ../shared/peers)",
+    )
+
+
 def _upstream(args: argparse.Namespace, paths: Paths) -> Upstream:
     pin = load_pin(paths.pin_file)
     return ensure_upstream(
@@ -246,6 +261,8 @@ def cmd_perplexity(args: argparse.Namespace, paths: Paths) -> None:
             threads=args.threads,
             binary=args.bin,
             backend=args.backend,
+            peer=peers.peer(paths.repo / "peers.toml", args.peer) if args.peer else None,
+            peer_archives=_peer_archive_dirs(args, paths),
         ),
     )
 
@@ -487,6 +504,11 @@ def parser() -> argparse.ArgumentParser:
         "makes it); metal and cuda offload every layer (-ngl 99)",
     )
     p.add_argument("--bin", type=Path, help="llama-perplexity to run (default: build/BACKEND/bin)")
+    _add_peer_options(
+        p,
+        "the same configurations through its llama-perplexity after ours (one context length; "
+        "KLD against its own f16 run), its table beside ours in the report",
+    )
     p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("parity", help="check the kernels and the built ggml against reference/")
@@ -540,18 +562,7 @@ def parser() -> argparse.ArgumentParser:
         help="run build/BACKEND/bin/llama-bench (`nox -s build -- --backend BACKEND`); metal "
         "and cuda offload every layer (-ngl 99)",
     )
-    p.add_argument(
-        "--peer",
-        metavar="NAME",
-        help="also build (once) and measure the peer NAME of peers.toml, no patches of ours, "
-        "interleaved with ours in the same rounds; its ratios are to its own f16",
-    )
-    p.add_argument(
-        "--peer-archives",
-        type=Path,
-        metavar="DIR",
-        help="a folder holding peer archives (also TQH_PEER_ARCHIVES and ../shared/peers)",
-    )
+    _add_peer_options(p, "interleaved with ours in the same rounds; its ratios are to its own f16")
     p.add_argument("--depths", default="0,4096", help="KV depths to measure at")
     p.add_argument("--pp", type=int, default=512, help="prompt tokens (pp test)")
     p.add_argument("--tg", type=int, default=128, help="generated tokens (tg test)")

@@ -1,5 +1,7 @@
 """Peers: other llama.cpp trees (``peers.toml``), built with no patches of ours and measured
-beside this project's build through the same sessions.
+beside this project's build through the same sessions (``bench --peer NAME``: llama-bench in
+the same interleaved rounds; ``perplexity --peer NAME``: the same configurations through the
+peer's llama-perplexity, each against its own f16 base).
 
 A peer is pinned by commit. Its source comes from an archive checked by sha256 (for
 machines that cannot reach the peer's git host; looked up in the folders of

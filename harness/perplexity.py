@@ -50,7 +50,8 @@ BATCH = 512
 @dataclass(frozen=True)
 class RunSettings:
     """How every llama-perplexity run of a suite is made: the binary, context length in
-    tokens, chunks, threads, and the optional -ngl and -ub."""
+    tokens, chunks, threads, the optional -ngl and -ub, and environment variables set for
+    the binary on top of ours (a peer's switches, peers.toml)."""
 
     binary: Path
     ctx: int = 512
@@ -61,6 +62,7 @@ class RunSettings:
     # -ub; 1 sends every token through the decode kernels (one query per step) instead of the
     # prompt path, at the cost of speed; None keeps llama-perplexity's own.
     ubatch: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
     def common(self, model: Path, text: Path) -> list[str | Path]:
         """The llama-perplexity command line every run shares (model, text, context of
@@ -180,7 +182,15 @@ class Runner:
         )
         progress = ChunkProgress(label, self.settings.chunks, expected)
         start = time.monotonic()
-        result = proc.run(cmd, log=log, on_line=progress, check=False, quiet=True, what=label)
+        result = proc.run(
+            cmd,
+            env=dict(self.settings.env) or None,
+            log=log,
+            on_line=progress,
+            check=False,
+            quiet=True,
+            what=label,
+        )
         seconds = time.monotonic() - start
         progress.progress.done(f"exit {result.returncode}")
         # llama-perplexity refuses a short text with exit 0, so this is checked first

@@ -26,6 +26,32 @@ from harness.user_files import UserFile
 
 
 @dataclass
+class PeerRuns:
+    """A peer's runs (``perplexity --peer NAME``) of one model at one context, beside ours:
+    the peer (name, one-line title, commit, the environment its programs ran with), its f16
+    base (cached or not, and the cache key), and per configuration of ours the peer's own
+    K/V names (``names``), its result, its failure, or why it was not run (``refused``: a
+    type the peer lacks, or its head-size refusal). KLD is against the peer's own f16 run."""
+
+    name: str
+    title: str
+    commit: str
+    env: tuple[tuple[str, str], ...]
+    info: ModelInfo
+    names: dict[str, str] = field(default_factory=dict)
+    results: dict[str, RunResult] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    base_cached: bool = False
+    base_key: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def env_text(self) -> str:
+        """The environment as ``K=V K=V``, or "no environment"."""
+        return " ".join(f"{k}={v}" for k, v in self.env) or "no environment"
+
+
+@dataclass
 class ModelReport:
     """One model's part of a perplexity report: its pin and GGUF metadata, the configurations
     run, their results or failures, the configurations refused for the model's head size
@@ -47,6 +73,7 @@ class ModelReport:
     chunks: int | None = None  # windows of ctx tokens asked for
     base_chunks: int | None = None  # windows the f16 base run made (a short text holds fewer)
     base_seconds: float = 0.0  # the f16 base run's wall time, s (0 when reused from the cache)
+    peer: PeerRuns | None = None  # --peer: the same configurations through the peer's build
 
     @property
     def scored_positions(self) -> int | None:
@@ -150,7 +177,7 @@ def _bits(gate_file: GateFile, config: str) -> float:
     return (gate_file.bits[c.k] + gate_file.bits[c.v]) / 2
 
 
-def _row_data(m: ModelReport, gate_file: GateFile, config: str) -> dict[str, Any]:
+def _row_data(m: ModelReport | PeerRuns, gate_file: GateFile, config: str) -> dict[str, Any]:
     r = m.results.get(config)
     base = m.results.get("f16")
     row: dict[str, Any] = {"config": config, "bits_per_value": _bits(gate_file, config)}
@@ -184,7 +211,7 @@ def _gate_status(m: ModelReport, config: str) -> str:
 def _pm(value: float | None, error: float | None, digits: int) -> str:
     if value is None:
         return "–"
-    shown = f"{value + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+    shown = f"{round(value, digits) + 0.0:.{digits}f}"  # no -0.00000 for a KLD of -1e-7
     return shown if error is None else f"{shown} ± {error:.{digits}f}"
 
 
@@ -344,6 +371,8 @@ def markdown(
         if failed:
             out += ["Failing gates:", ""] + [f"- `{o.line(gate_file.path.name)}`" for o in failed]
             out.append("")
+        if m.peer is not None:
+            out += _peer_markdown(m, m.peer, gate_file)
     out += [
         "bits/value: what the cache type stores per value (K and V averaged), with what "
         "llama.cpp allocated in parentheses (from its log, which rounds to 0.01 MiB). "
@@ -356,6 +385,80 @@ def markdown(
         "",
     ]
     return "\n".join(out)
+
+
+def _peer_markdown(m: ModelReport, p: PeerRuns, gate_file: GateFile) -> list[str]:
+    """The peer's table beside ours for one model: per configuration the peer's K/V names,
+    bits per value (what the type stores, and what the peer's log says it allocated), KV
+    bytes per token, PPL, KLD and same-top against the peer's own f16, and our KLD with the
+    peer's / ours."""
+    out = [
+        f"### Beside it: peer {p.name}",
+        "",
+        f"{p.title} at {p.commit[:12]}, built with no patches of ours, its programs run with "
+        f"{p.env_text}; the same model file, text, windows and options as the table above. "
+        "KLD, ΔPPL and same top are against the peer's own f16 run (base logits "
+        f"{'reused from the cache' if p.base_cached else 'computed in this run'}); "
+        "'ours' repeats this project's mean KLD.",
+        "",
+        "| config | peer's K/V | bits/value | KV bytes/token | × f16 | PPL | ΔPPL % | mean KLD "
+        "| same top p % | ours: mean KLD | peer / ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for config in m.configs:
+        row = _row_data(p, gate_file, config)
+        r, ours = p.results.get(config), m.results.get(config)
+        theirs = p.names.get(config, "–")
+        if r is None:
+            if config in p.failures:
+                what = f"**failed**: {p.failures[config].splitlines()[0]}"
+            else:
+                what = f"not supported: {p.refused.get(config, 'not run')}"
+            cells = [config, theirs, f"{row['bits_per_value']:g}", what, *["–"] * 7]
+            out.append("| " + " | ".join(cells) + " |")
+            continue
+        ratio = row.get("kv_ratio_to_f16")
+        dppl = ppl_change_pct(r, p.results.get("f16"))
+        vs = (
+            f"{r.kld.value / ours.kld.value:.2f}"
+            if r.kld is not None
+            and ours is not None
+            and ours.kld is not None
+            and ours.kld.value > 0
+            else "–"
+        )
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    config,
+                    theirs,
+                    f"{row['bits_per_value']:g} ({row['kv_bits_per_value_allocated']:.2f})",
+                    f"{row['kv_bytes_per_token']:.0f}",
+                    "–" if ratio is None else f"{ratio:.3f}",
+                    _pm(r.ppl.value, r.ppl.error, 3),
+                    "–" if dppl is None else f"{dppl:+.2f}",
+                    "–" if r.kld is None else _pm(r.kld.value, r.kld.error, 5),
+                    "–" if r.same_top_p is None else _pm(r.same_top_p.value, r.same_top_p.error, 2),
+                    "–" if ours is None or ours.kld is None else _pm(ours.kld.value, None, 5),
+                    vs,
+                ]
+            )
+            + " |"
+        )
+    return [*out, ""]
+
+
+def _peer_json(p: PeerRuns, gate_file: GateFile, configs: list[str]) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "title": p.title,
+        "commit": p.commit,
+        "env": dict(p.env),
+        "kld_against": "the peer's own f16 run",
+        "base": {"cached": p.base_cached, "key": p.base_key},
+        "configs": [{**_row_data(p, gate_file, c), "peer_config": p.names.get(c)} for c in configs],
+    }
 
 
 def _est(e: Estimate | None, digits: int = 5) -> str:
@@ -418,8 +521,31 @@ def _beats_q4_0(m: ModelReport, gate_file: GateFile) -> str:
     return head + (", ".join(winners) if winners else "none")
 
 
+def _peer_points(ax: Any, m: ModelReport, p: PeerRuns, style: dict[str, tuple[str, str]]) -> None:
+    """The peer's mean KLD per configuration as hollow markers (the configuration's colour
+    and marker) at the bits per value it allocated: a type that pads the head stores more
+    than it names."""
+    for c in m.configs:
+        r = p.results.get(c)
+        if r is None or r.kld is None or r.kld.value <= 0:
+            continue
+        color, marker = style[c]
+        ax.scatter(
+            [r.kv.bits_per_value(m.info.kv_values_per_token)],
+            [r.kld.value],
+            facecolors="none",
+            edgecolors=color,
+            marker=marker,
+            s=80,
+            zorder=3,
+            label=f"peer {p.name} (hollow, at its allocated bits)",
+        )
+
+
 def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> list[Path]:
-    """kld-vs-bits.png and ppl.png in ``directory`` (matplotlib); their paths."""
+    """kld-vs-bits.png and ppl.png in ``directory`` (matplotlib); their paths. A peer's
+    configurations (``--peer``) appear in kld-vs-bits.png as hollow markers at the bits per
+    value its log says it allocated."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -448,6 +574,8 @@ def plots(directory: Path, models: list[ModelReport], gate_file: GateFile) -> li
                 zorder=3,
                 label=c,
             )
+        if m.peer is not None:
+            _peer_points(ax, m, m.peer, style)
         q4 = m.results.get("q4_0")
         if q4 is not None and q4.kld is not None and q4.kld.value > 0:
             xs = [2.0 + 0.05 * i for i in range(141)]
@@ -694,6 +822,7 @@ def write(
             "refused": m.refused,
             "base": {"cached": m.base_cached, "key": m.base_key},
             "configs": [_row_data(m, gate_file, c) for c in m.configs],
+            "peer": None if m.peer is None else _peer_json(m.peer, gate_file, m.configs),
             "gates": [
                 {
                     "line": o.gate.line,

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import corpus, gates, models, proc, report, user_files
-from harness.build import kernels_digest
+from harness import corpus, gates, models, peers, proc, report, user_files
+from harness.build import Backend, kernels_digest
 from harness.cache_types import CacheConfig, HeadSizeRefused, block64_allowed, head_size_refusal
 from harness.config import Paths
 from harness.errors import CommandFailed, ConfigError, HarnessError
@@ -60,6 +60,12 @@ class SuiteOptions:
     threads: int = 2
     binary: Path | None = None
     backend: str = "cpu"
+    # --peer: the peer of peers.toml, built (once) from the first of peer_archives that holds
+    # its archive, else from git, unless peer_binary names its llama-perplexity; the same
+    # configurations run through it after ours, each against the peer's own f16 base
+    peer: peers.Peer | None = None
+    peer_archives: tuple[Path, ...] = ()
+    peer_binary: Path | None = None
 
     @property
     def suite_name(self) -> str:
@@ -409,6 +415,70 @@ def _measure(
     return m
 
 
+def _measure_peer(
+    shared: _Shared,
+    runner: Runner,
+    peer: peers.Peer,
+    pin: models.ModelPin,
+    gguf: Path,
+    ours: report.ModelReport,
+) -> report.PeerRuns:
+    """The configurations of ``ours`` through the peer's llama-perplexity (the runner's
+    binary and environment), under the peer's names for the cache types, each against the
+    peer's own f16 base (cached by the peer's build and environment). A type the peer lacks,
+    a head size it refuses and a run that fails become cells of the peer's table; none of
+    them fails the command (the gates judge our build, not the peer)."""
+    settings = runner.settings
+    identity = {**build_identity(settings.binary), "env": dict(settings.env)}
+    key = BaseKey(pin.sha256, shared.text_sha256, identity, settings.ctx, settings.chunks)
+    runs = report.PeerRuns(peer.name, peer.title, peer.commit, settings.env, ours.info)
+    runs.base_key = {**key.__dict__, "digest": key.digest()}
+    base, _, runs.base_cached = runner.base(pin.name, gguf, shared.text_path, key)
+    for config in ours.configs:
+        theirs = peer.config(CacheConfig.parse(config))
+        if theirs is None:
+            runs.refused[config] = f"{peer.name} has no such type"
+            continue
+        runs.names[config] = theirs.name
+        if config not in ours.results:
+            runs.refused[config] = "not measured on our side"
+            continue
+        try:
+            runs.results[config] = runner.candidate(pin.name, gguf, shared.text_path, base, theirs)
+        except HeadSizeRefused as exc:
+            runs.refused[config] = str(exc).split(": ", 1)[-1]
+        except CommandFailed as exc:
+            runs.failures[config] = str(exc)
+            print(
+                f"{pin.name} {config} on peer {peer.name}: FAILED: {str(exc).splitlines()[0]}",
+                file=sys.stderr,
+            )
+    return runs
+
+
+def _peer_summary(reports: list[report.ModelReport]) -> str:
+    """Mean KLD of ours and the peer's per model and configuration, for the console."""
+    lines = []
+    for m in reports:
+        p = m.peer
+        if p is None:
+            continue
+        lines.append(f"{m.pin.name}: mean KLD, ours | peer {p.name} (each against its own f16)")
+        for config in m.configs:
+            ours, theirs = m.results.get(config), p.results.get(config)
+            mine = (
+                "–" if ours is None or ours.kld is None else f"{round(ours.kld.value, 5) + 0.0:.5f}"
+            )
+            if theirs is not None and theirs.kld is not None:
+                peer_cell = f"{round(theirs.kld.value, 5) + 0.0:.5f}"
+            elif config in p.failures:
+                peer_cell = "failed"
+            else:
+                peer_cell = "not supported"
+            lines.append(f"  {config:<16} {mine:>9} | {peer_cell}")
+    return "\n".join(lines)
+
+
 def _depth(
     shared: _Shared, pin: models.ModelPin, by_ctx: dict[int, report.ModelReport]
 ) -> report.DepthReport:
@@ -439,7 +509,17 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
                 f"--configs {c}: no [bits] entry in gates.toml for its types",
                 hint=f"the cache types gates.toml knows: {', '.join(gate_file.bits)}",
             )
+    if options.peer is not None and suite.depth:
+        raise ConfigError(
+            f"--peer with --suite {suite_name}: a peer runs beside one context length",
+            hint="give --ctx N (and --text long for a long text) instead of the depth suite",
+        )
     binary = _binary(paths, options.binary, options.backend)
+    peer_binary = options.peer_binary
+    if options.peer is not None and peer_binary is None:
+        backend = Backend(options.backend)
+        built = peers.build_peer(paths, options.peer, options.peer_archives, backend)
+        peer_binary = built.bin / "llama-perplexity"
     settings = RunSettings(
         binary=binary,
         chunks=options.chunks or suite.chunks,
@@ -479,7 +559,14 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
             lengths = plans[pin.name]
             if not suite.depth:
                 runner = Runner(paths, settings, directory / "logs")
-                reports.append(_measure(shared, runner, pin, user, gguf, ""))
+                m = _measure(shared, runner, pin, user, gguf, "")
+                if options.peer is not None and peer_binary is not None:
+                    peer_settings = replace(settings, binary=peer_binary, env=options.peer.env)
+                    peer_runner = Runner(
+                        paths, peer_settings, directory / "logs" / f"peer-{options.peer.name}"
+                    )
+                    m.peer = _measure_peer(shared, peer_runner, options.peer, pin, gguf, m)
+                reports.append(m)
                 continue
             # Longest first: its base run says how many windows the text holds, and every
             # shorter context then runs as many windows as cover the same tokens.
@@ -542,6 +629,8 @@ def _run(paths: Paths, options: SuiteOptions) -> Path:
         outcomes += [o for d in depths for o in d.outcomes]
         for o in outcomes:
             print(o.line(gate_file.path.name), file=sys.stderr)
+        if options.peer is not None:
+            print(_peer_summary(reports))
         print(f"report: {directory / 'report.md'} (also {latest / 'report.md'})")
 
         failed_runs = [

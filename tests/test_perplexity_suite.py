@@ -15,7 +15,7 @@ import pytest
 
 from harness import suite
 from harness.config import REPO_ROOT, Paths
-from harness.errors import CommandFailed, GateFailed
+from harness.errors import CommandFailed, ConfigError, GateFailed
 
 DATA = Path(__file__).parent / "data" / "perplexity"
 
@@ -162,3 +162,77 @@ def test_an_edited_gate_file_is_flagged_in_the_report(project: Paths, fake_binar
     loosened = suite.run(project, options)
     assert json.loads((loosened / "report.json").read_text())["gates"]["edited"] is True
     assert "gates.toml differs from the committed file" in (loosened / "report.md").read_text()
+
+
+# Ours: every type a recorded log (the turbo types replay q8_0's). The peer: the same logs,
+# but only with its switch in the environment, and its "tq4" (our turbo4) crashes.
+FAKE_OURS = FAKE.replace(
+    'if "turbo3" in (k, v):', 'k = "q8_0" if k.startswith("turbo") else k\nif False:'
+)
+FAKE_PEER = FAKE.replace(
+    "args = sys.argv[1:]",
+    'args = sys.argv[1:]\nimport os\nif os.environ.get("PEER_SWITCH") != "on":\n'
+    '    raise SystemExit("the peer ran without its environment")',
+).replace('if "turbo3" in (k, v):', 'if "tq4" in (k, v):')
+
+
+def _script(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.slow
+def test_a_peer_runs_the_same_configurations_beside_ours(project: Paths, tmp_path: Path) -> None:
+    """--peer: the peer's own base (its build and environment in the key), our cache types
+    under its names, "not supported" for a type it lacks, a crash as a failed cell that does
+    not fail the command, and its table beside ours in report.md and report.json."""
+    from harness.peers import Peer
+
+    ours = _script(tmp_path / "ours" / "bin" / "llama-perplexity", FAKE_OURS)
+    theirs = _script(tmp_path / "peer" / "bin" / "llama-perplexity", FAKE_PEER)
+    peer = Peer(
+        "tiny",
+        "a stand-in peer",
+        "https://example.invalid/tiny",
+        "0" * 40,
+        types=(("turbo4", "tq4"),),
+        env=(("PEER_SWITCH", "on"),),
+    )
+    options = suite.SuiteOptions(
+        models=("smollm2-135m",),
+        configs=("q8_0", "turbo4", "turbo5"),
+        binary=ours,
+        peer=peer,
+        peer_binary=theirs,
+    )
+    directory = suite.run(project, options)
+    data = json.loads((directory / "report.json").read_text())
+    (model,) = data["models"]
+    rows = {r["config"]: r for r in model["peer"]["configs"]}
+    assert model["peer"]["env"] == {"PEER_SWITCH": "on"}
+    assert model["peer"]["base"]["key"]["build"]["env"] == {"PEER_SWITCH": "on"}
+    assert model["peer"]["base"]["key"]["digest"] != model["base"]["key"]["digest"]
+    assert rows["q8_0"]["peer_config"] == "q8_0" and rows["q8_0"]["kld"]["value"] == 0.003869
+    assert rows["turbo4"]["peer_config"] == "tq4"
+    assert "does not support the KV cache type" in rows["turbo4"]["error"]
+    assert rows["turbo5"]["error"] == "refused: tiny has no such type"
+    md = (directory / "report.md").read_text()
+    assert "### Beside it: peer tiny" in md and "run with PEER_SWITCH=on" in md
+    assert "| turbo5 | – | 5.125 | not supported: tiny has no such type |" in md
+    assert "| turbo4 | tq4 | 4.125 | **failed**:" in md
+    logs = sorted(p.name for p in (directory / "logs" / "peer-tiny").iterdir())
+    assert "smollm2-135m-f16-base.log" in logs and "smollm2-135m-tq4.log" in logs
+
+
+@pytest.mark.slow
+def test_a_peer_beside_the_depth_suite_is_refused(project: Paths, fake_binary: Path) -> None:
+    from harness.peers import Peer
+
+    peer = Peer("tiny", "a stand-in peer", "https://example.invalid/tiny", "0" * 40)
+    options = suite.SuiteOptions(suite="long", binary=fake_binary, peer=peer)
+    with pytest.raises(ConfigError, match="a peer runs beside one context length") as err:
+        suite.run(project, options)
+    assert err.value.exit_code == 11
+    assert not (project.build / "peers").exists()
