@@ -334,6 +334,19 @@ def cmd_needle(args: argparse.Namespace, paths: Paths) -> None:
         lengths = {n: given for n in names}
     else:
         lengths = {n: spec.lengths_for(n) for n in names}
+    if args.depths:
+        try:
+            depths = tuple(float(d) for d in args.depths.split(","))
+        except ValueError as exc:
+            raise ConfigError(
+                f"--depths {args.depths!r}: give fractions of the filler, e.g. 0.1,0.5,0.9"
+            ) from exc
+        if not all(0.0 <= d <= 1.0 for d in depths):
+            raise ConfigError(
+                f"--depths {args.depths}: a depth is a fraction of the filler, 0 to 1",
+                hint="e.g. --depths 0.1,0.5,0.9",
+            )
+        spec = replace(spec, depths=depths)
     bin_dir = args.bin_dir or _built(paths).bin
     server_bin = bin_dir / "llama-server"
     if not server_bin.is_file():
@@ -597,6 +610,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated models.toml names (default: [needle])")
     p.add_argument("--configs", help="comma-separated TYPE or K/V (default: [needle]; f16 added)")
     p.add_argument("--lengths", help="comma-separated context lengths in tokens, every model")
+    p.add_argument(
+        "--depths",
+        help="comma-separated depths of the needle as fractions of the filler, 0 to 1 "
+        "(default: [needle] of gates.toml)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bin-dir", type=Path, help="folder of llama-server (default: build/cpu/bin)")
     p.set_defaults(func=cmd_needle)

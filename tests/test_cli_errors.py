@@ -163,3 +163,19 @@ def test_every_failure_class_has_its_own_code_and_the_readme_lists_them() -> Non
     )
     for code, name, _ in errors.exit_code_lines():
         assert f"{code:3d}  {name}" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("depths", "says"),
+    [
+        ("0.1,x", "--depths '0.1,x': give fractions of the filler"),
+        ("0.5,1.5", "--depths 0.5,1.5: a depth is a fraction of the filler, 0 to 1"),
+    ],
+)
+def test_bad_needle_depths_are_a_config_error(
+    isolated: Path, capsys, depths: str, says: str
+) -> None:
+    code = cli.main(["needle", "--models", "smollm2-135m", "--depths", depths])
+    err = capsys.readouterr().err
+    assert code == ConfigError.exit_code == 11
+    assert says in err and "Traceback" not in err

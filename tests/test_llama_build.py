@@ -375,3 +375,40 @@ def test_a_head_size_the_turbo_types_cannot_take_is_named(
     assert (m["llama_cpp"]["head_dim_k"], m["llama_cpp"]["n_gqa"]) == (96, [1])
     rows = {r["config"]: r for r in m["configs"]}
     assert rows["q4_0"]["kld"]["value"] >= 0 and "refused" in rows["turbo3"]
+
+
+def test_a_peer_runs_beside_ours_with_its_own_environment(built: build_mod.BuildResult) -> None:
+    """perplexity --peer with the real llama-perplexity: our own build stands in for a peer
+    whose switch (LLAMA_ATTN_ROT_DISABLE=1: upstream's attention rotation of quantized caches
+    off) must reach its runs: its q4_0 loses the rotation and its KLD rises several times over
+    ours, against its own f16 base (cached apart from ours); a type it lacks is "not
+    supported" and the command still passes."""
+    import json
+
+    from harness import suite
+    from harness.peers import Peer
+
+    peer = Peer(
+        "rotless",
+        "this build with the attention rotation off",
+        "https://example.invalid/rotless",
+        "0" * 40,
+        env=(("LLAMA_ATTN_ROT_DISABLE", "1"),),
+    )
+    options = suite.SuiteOptions(
+        models=("smollm2-135m",),
+        configs=("q4_0", "turbo5"),
+        chunks=2,
+        peer=peer,
+        peer_binary=built.bin / "llama-perplexity",
+    )
+    directory = suite.run(Paths.default(), options)
+    (model,) = json.loads((directory / "report.json").read_text())["models"]
+    ours = {r["config"]: r for r in model["configs"]}
+    theirs = {r["config"]: r for r in model["peer"]["configs"]}
+    assert theirs["q4_0"]["kld"]["value"] > 2 * ours["q4_0"]["kld"]["value"]
+    assert theirs["turbo5"]["error"] == "refused: rotless has no such type"
+    assert model["peer"]["base"]["key"]["digest"] != model["base"]["key"]["digest"]
+    md = (directory / "report.md").read_text()
+    assert "### Beside it: peer rotless" in md
+    assert "| turbo5 | – | 5.125 | not supported: rotless has no such type |" in md
