@@ -433,7 +433,14 @@ def _measure_peer(
     key = BaseKey(pin.sha256, shared.text_sha256, identity, settings.ctx, settings.chunks)
     runs = report.PeerRuns(peer.name, peer.title, peer.commit, settings.env, ours.info)
     runs.base_key = {**key.__dict__, "digest": key.digest()}
-    base, _, runs.base_cached = runner.base(pin.name, gguf, shared.text_path, key)
+    try:
+        base, _, runs.base_cached = runner.base(pin.name, gguf, shared.text_path, key)
+    except HarnessError as exc:
+        # e.g. an architecture the peer's llama.cpp predates: every cell says so
+        first = str(exc).splitlines()[0]
+        print(f"{pin.name} on peer {peer.name}: its f16 base FAILED: {first}", file=sys.stderr)
+        runs.failures = {c: f"the peer's f16 base run failed: {exc}" for c in ours.configs}
+        return runs
     for config in ours.configs:
         theirs = peer.config(CacheConfig.parse(config))
         if theirs is None:
@@ -474,7 +481,7 @@ def _peer_summary(reports: list[report.ModelReport]) -> str:
             elif config in p.failures:
                 peer_cell = "failed"
             else:
-                peer_cell = "not supported"
+                peer_cell = f"not run: {p.refused.get(config, '?')}"
             lines.append(f"  {config:<16} {mine:>9} | {peer_cell}")
     return "\n".join(lines)
 

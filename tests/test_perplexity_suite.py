@@ -236,3 +236,31 @@ def test_a_peer_beside_the_depth_suite_is_refused(project: Paths, fake_binary: P
         suite.run(project, options)
     assert err.value.exit_code == 11
     assert not (project.build / "peers").exists()
+
+
+@pytest.mark.slow
+def test_a_peer_whose_base_fails_fills_its_table_with_the_reason(
+    project: Paths, fake_binary: Path, tmp_path: Path
+) -> None:
+    """A peer that cannot even run the f16 base (here: it crashes on start) gives a failed
+    cell per configuration naming the base run, and our results and gates stand."""
+    from harness.peers import Peer
+
+    broken = _script(
+        tmp_path / "broken" / "bin" / "llama-perplexity",
+        f"#!{sys.executable}\nraise SystemExit('segmentation fault')\n",
+    )
+    peer = Peer("tiny", "a stand-in peer", "https://example.invalid/tiny", "0" * 40)
+    options = suite.SuiteOptions(
+        models=("smollm2-135m",),
+        configs=("q8_0",),
+        binary=fake_binary,
+        peer=peer,
+        peer_binary=broken,
+    )
+    directory = suite.run(project, options)
+    (model,) = json.loads((directory / "report.json").read_text())["models"]
+    assert all(g["passed"] for g in model["gates"])
+    errors = {r["config"]: r["error"] for r in model["peer"]["configs"]}
+    assert set(errors) == {"f16", "q8_0", "q4_0"}
+    assert all(e.startswith("the peer's f16 base run failed:") for e in errors.values())
