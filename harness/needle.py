@@ -25,6 +25,7 @@ from pathlib import Path
 
 from harness.cache_types import CacheConfig
 from harness.errors import ConfigError, GateFailed
+from harness.progress import Progress
 from harness.server import Server
 
 INTRO = (
@@ -196,10 +197,17 @@ def run(
                         k: srv.tokenize(NEEDLE.format(key=k), special=False)
                         for k in key_of.values()
                     }
-                for (n, d), key in key_of.items():
+                # a trial's time grows with its prompt, so the ETA counts prompt tokens
+                progress = Progress(f"{name} {config.name}", every=10.0)
+                total, done = sum(n for n, _ in grid), 0
+                for i, ((n, d), key) in enumerate(key_of.items()):
                     ids = prompt(pieces, needles[key], n, d, spec.n_predict)
                     answer, toks = srv.greedy(ids, spec.n_predict)
                     trials.append(Trial(name, config.name, n, d, key, answer, tuple(toks)))
+                    done += n
+                    progress.steps(i + 1, len(grid), progress.elapsed / done * (total - done))
+                hits = sum(t.hit for t in trials[-len(grid) :])
+                progress.done(f"{hits} of {len(grid)} keys retrieved")
     return trials
 
 
