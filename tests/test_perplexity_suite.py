@@ -51,13 +51,16 @@ def project(tmp_path: Path) -> Paths:
     return Paths(repo=repo, cache=cache, build=repo / "build")
 
 
+def _script(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture
 def fake_binary(tmp_path: Path) -> Path:
-    binary = tmp_path / "fake" / "bin" / "llama-perplexity"
-    binary.parent.mkdir(parents=True)
-    binary.write_text(FAKE)
-    binary.chmod(0o755)
-    return binary
+    return _script(tmp_path / "fake" / "bin" / "llama-perplexity", FAKE)
 
 
 @pytest.mark.slow
@@ -174,13 +177,6 @@ FAKE_PEER = FAKE.replace(
     'args = sys.argv[1:]\nimport os\nif os.environ.get("PEER_SWITCH") != "on":\n'
     '    raise SystemExit("the peer ran without its environment")',
 ).replace('if "turbo3" in (k, v):', 'if "tq4" in (k, v):')
-
-
-def _script(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True)
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
 
 
 @pytest.mark.slow
