@@ -9,9 +9,10 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import git
 
@@ -318,6 +319,18 @@ def cmd_state(args: argparse.Namespace, paths: Paths) -> None:
     state.check(result)
 
 
+_N = TypeVar("_N", int, float)
+
+
+def _numbers(value: str, kind: Callable[[str], _N], option: str, what: str) -> tuple[_N, ...]:
+    """The comma-separated numbers of ``value``; raises ConfigError (exit 11) naming the
+    option and ``what`` to give when one does not read as ``kind``."""
+    try:
+        return tuple(kind(v) for v in value.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"{option} {value!r}: {what}") from exc
+
+
 def cmd_needle(args: argparse.Namespace, paths: Paths) -> None:
     """`needle`: pass-key retrieval at depth per configuration, a report; raises GateFailed."""
     spec = needle.load_spec(paths.repo / "gates.toml")
@@ -325,22 +338,14 @@ def cmd_needle(args: argparse.Namespace, paths: Paths) -> None:
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else spec.models
     configs = CacheConfig.parse_list(args.configs or ",".join(spec.configs))
     if args.lengths:
-        try:
-            given = tuple(int(n) for n in args.lengths.split(","))
-        except ValueError as exc:
-            raise ConfigError(
-                f"--lengths {args.lengths!r}: give token counts, e.g. 2048,8192"
-            ) from exc
+        given = _numbers(args.lengths, int, "--lengths", "give token counts, e.g. 2048,8192")
         lengths = {n: given for n in names}
     else:
         lengths = {n: spec.lengths_for(n) for n in names}
     if args.depths:
-        try:
-            depths = tuple(float(d) for d in args.depths.split(","))
-        except ValueError as exc:
-            raise ConfigError(
-                f"--depths {args.depths!r}: give fractions of the filler, e.g. 0.1,0.5,0.9"
-            ) from exc
+        depths = _numbers(
+            args.depths, float, "--depths", "give fractions of the filler, e.g. 0.1,0.5,0.9"
+        )
         if not all(0.0 <= d <= 1.0 for d in depths):
             raise ConfigError(
                 f"--depths {args.depths}: a depth is a fraction of the filler, 0 to 1",

@@ -215,6 +215,21 @@ def _pm(value: float | None, error: float | None, digits: int) -> str:
     return shown if error is None else f"{shown} ± {error:.{digits}f}"
 
 
+def _measured_cells(row: dict[str, Any], r: RunResult, f16: RunResult | None) -> list[str]:
+    """The cells every results table shares, from a row of ``_row_data`` and its run: bits per
+    value (allocated), KV bytes per token, x f16, PPL, ΔPPL % against ``f16``, mean KLD."""
+    ratio = row.get("kv_ratio_to_f16")
+    dppl = ppl_change_pct(r, f16)
+    return [
+        f"{row['bits_per_value']:g} ({row['kv_bits_per_value_allocated']:.2f})",
+        f"{row['kv_bytes_per_token']:.0f}",
+        "–" if ratio is None else f"{ratio:.3f}",
+        _pm(r.ppl.value, r.ppl.error, 3),
+        "–" if dppl is None else f"{dppl:+.2f}",
+        "–" if r.kld is None else _pm(r.kld.value, r.kld.error, 5),
+    ]
+
+
 def _stored_as(config: str, r: RunResult) -> str:
     """The configuration, and what llama.cpp really stored when it adapted the type (turbo
     types on heads that are not a multiple of 128 use their block-64 variant)."""
@@ -342,20 +357,13 @@ def markdown(
                     f"| {what}: {err} {_gate_status(m, config)} |"
                 )
                 continue
-            ratio = row.get("kv_ratio_to_f16")
             p99 = r.kld_percentiles.get("99.0%")
-            dppl = ppl_change_pct(r, m.results.get("f16"))
             out.append(
                 "| "
                 + " | ".join(
                     [
                         _stored_as(config, r),
-                        f"{row['bits_per_value']:g} ({row['kv_bits_per_value_allocated']:.2f})",
-                        f"{row['kv_bytes_per_token']:.0f}",
-                        "–" if ratio is None else f"{ratio:.3f}",
-                        _pm(r.ppl.value, r.ppl.error, 3),
-                        "–" if dppl is None else f"{dppl:+.2f}",
-                        "–" if r.kld is None else _pm(r.kld.value, r.kld.error, 5),
+                        *_measured_cells(row, r, m.results.get("f16")),
                         "–" if p99 is None else f"{p99:.4f}",
                         "–" if r.rms_dp is None else _pm(r.rms_dp.value, r.rms_dp.error, 2),
                         "–"
@@ -417,8 +425,6 @@ def _peer_markdown(m: ModelReport, p: PeerRuns, gate_file: GateFile) -> list[str
             cells = [config, theirs, f"{row['bits_per_value']:g}", what, *["–"] * 7]
             out.append("| " + " | ".join(cells) + " |")
             continue
-        ratio = row.get("kv_ratio_to_f16")
-        dppl = ppl_change_pct(r, p.results.get("f16"))
         vs = (
             f"{r.kld.value / ours.kld.value:.2f}"
             if r.kld is not None
@@ -433,12 +439,7 @@ def _peer_markdown(m: ModelReport, p: PeerRuns, gate_file: GateFile) -> list[str
                 [
                     config,
                     theirs,
-                    f"{row['bits_per_value']:g} ({row['kv_bits_per_value_allocated']:.2f})",
-                    f"{row['kv_bytes_per_token']:.0f}",
-                    "–" if ratio is None else f"{ratio:.3f}",
-                    _pm(r.ppl.value, r.ppl.error, 3),
-                    "–" if dppl is None else f"{dppl:+.2f}",
-                    "–" if r.kld is None else _pm(r.kld.value, r.kld.error, 5),
+                    *_measured_cells(row, r, p.results.get("f16")),
                     "–" if r.same_top_p is None else _pm(r.same_top_p.value, r.same_top_p.error, 2),
                     "–" if ours is None or ours.kld is None else _pm(ours.kld.value, None, 5),
                     vs,
