@@ -137,6 +137,26 @@ def test_corrupted_expectation_is_caught(
     assert all(result["mismatches"][f"{p}-{stage}"] == 1 for p in paths)
 
 
+def test_corrupted_f16_expectation_is_caught(
+    lib_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conversion to f16 is compared with the reference rounded to fp16: a flipped bit
+    that survives the rounding (float bit 16, fp16 mantissa bit 3) is reported for it."""
+    real = parity.ref.decode
+
+    def corrupted(data: np.ndarray, fmt: ref.Format) -> np.ndarray:
+        out = real(data, fmt).copy()
+        out.view(np.uint32)[3, 7] ^= 1 << 16
+        return out
+
+    monkeypatch.setattr(parity.ref, "decode", corrupted)
+    case = "turbo3/n128/gaussian/seed=0/m=500"
+    with pytest.raises(ParityError, match=re.escape(case)):
+        parity.run_parity(lib_dir, vectors=2000, filter=case, json_out=tmp_path / "p.json")
+    (result,) = json.loads((tmp_path / "p.json").read_text())["cases"]
+    assert all(result["mismatches"][f"{p}-decode"] == 1 for p in parity.F16_CONVERTERS)
+
+
 ROW_FUNCTIONS = [
     ("lib", "tq_quantize_row"),
     ("lib", "tq_quantize_row_scalar"),
@@ -151,6 +171,7 @@ ROW_FUNCTIONS = [
     ("cuda", "tq_cuda_dequantize_row"),
     ("cuda", "tq_cuda_dequantize_row_fa"),
     ("cuda", "tq_cuda_dequantize_row_fa16"),
+    ("cuda", "tq_cuda_dequantize_row_f16"),
 ]
 
 
@@ -192,6 +213,7 @@ def test_k_zero_is_a_no_op(kernels: parity.Kernels) -> None:
     for fn in (
         *kernels.encoders.values(),
         *kernels.decoders.values(),
+        *kernels.f16_converters.values(),
         *kernels.fp16_decoders.values(),
     ):
         assert fn(4, 128, None, None, 0) == 0

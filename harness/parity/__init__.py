@@ -48,7 +48,14 @@ from harness.parity.checks import (
     run_checks,
 )
 from harness.parity.throughput import BenchRow, format_bench, run_bench
-from harness.parity.tolerances import DECODERS, ENCODERS, FP16_DECODERS, ROTATORS, TOLERANCES
+from harness.parity.tolerances import (
+    DECODERS,
+    ENCODERS,
+    F16_CONVERTERS,
+    FP16_DECODERS,
+    ROTATORS,
+    TOLERANCES,
+)
 from reference import formats as ref
 
 __all__ = [
@@ -56,6 +63,7 @@ __all__ = [
     "DECODERS",
     "DEFAULT_VECTORS",
     "ENCODERS",
+    "F16_CONVERTERS",
     "FP16_DECODERS",
     "ROTATORS",
     "TOLERANCES",

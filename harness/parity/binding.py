@@ -53,13 +53,20 @@ class Kernels:
             self.encoders[name] = runner.tq_cuda_quantize_row
             self.decoders[name] = runner.tq_cuda_dequantize_row
             self.decoders[f"{name}-fa"] = runner.tq_cuda_dequantize_row_fa
+        # K/V to f16 before flash attention's tensor-core kernels: fp16 results, widened.
+        self.f16_converters = {f"{n}-f16": r.tq_cuda_dequantize_row_f16 for n, r in runners}
         self.fp16_decoders = {"cuda-fa16": self.cuda.tq_cuda_dequantize_row_fa16}
         self.rotators = {
             (p, d): self.lib[f"tq_rotate_{d}{s}"]
             for p, s in suffix.items()
             for d in ("forward", "inverse")
         }
-        for fn in (*self.encoders.values(), *self.decoders.values(), *self.fp16_decoders.values()):
+        for fn in (
+            *self.encoders.values(),
+            *self.decoders.values(),
+            *self.f16_converters.values(),
+            *self.fp16_decoders.values(),
+        ):
             fn.argtypes, fn.restype = row, ctypes.c_int
         for fn in self.rotators.values():
             fn.argtypes, fn.restype = rot, ctypes.c_int
@@ -92,8 +99,9 @@ class Kernels:
         """Decode blocks (vectors x nbytes bytes) through ``path``: vectors x block floats."""
         blocks = np.ascontiguousarray(blocks, np.uint8)
         out = np.empty((blocks.shape[0], fmt.block), np.float32)
+        fn = {**self.decoders, **self.f16_converters, **self.fp16_decoders}[path]
         self._call(
-            self.decoders[path] if path in self.decoders else self.fp16_decoders[path],
+            fn,
             f"{path} decode",
             fmt.bits,
             fmt.block,

@@ -104,6 +104,10 @@ def check_case(case: Case, kernels: Kernels, pool: ThreadPoolExecutor) -> CaseRe
                     got, want, nan_as_class=path.endswith("-fa")
                 )
                 max_err = max(max_err, _max_abs_error(got, want))
+            want_f16 = want.astype(np.float16).astype(np.float32)
+            for path in kernels.f16_converters:
+                got = kernels.decode(path, fmt, blocks)
+                bad[f"{path}-decode"] = _row_mismatches(got, want_f16, nan_as_class=True)
             if fmt.bits <= 4:
                 want16 = reference_fp16_levels(blocks, fmt)
                 for path in kernels.fp16_decoders:

@@ -18,16 +18,25 @@ FA16_DECODE = (
     "reference's float32 levels rounded to fp16 (nearest-even), times d, bit for bit; a NaN "
     "scale as for the -fa decoders"
 )
+F16_CONVERSION = (
+    "the conversion of K/V to f16 for flash attention's tensor-core kernels (cuda-f16) "
+    "equals the reference decode rounded to fp16 (nearest-even, overflow to infinity), bit "
+    "for bit; a NaN scale gives some NaN"
+)
 TOLERANCES = {
     "decode": "bit-exact",
     "encode": "bit-exact",
     "rotation": ROTATION_NAN_AS_CLASS,
     "flash-attention decode": FA_DECODE_NAN_AS_CLASS,
     "flash-attention fp16 levels": FA16_DECODE,
+    "conversion to f16": F16_CONVERSION,
 }
 
 ENCODERS = ("scalar", "simd", "dispatch", "metal", "cuda")
 DECODERS = ("scalar", "simd", "dispatch", "metal", "metal-t4", "cuda", "cuda-fa")
+# Conversions to f16, checked against the reference decode rounded to fp16 (the GPU runner
+# adds cuda-gpu-f16).
+F16_CONVERTERS = ("cuda-f16",)
 # Decoders of fp16 levels, checked against reference_fp16_levels; formats of at most 4 bits.
 FP16_DECODERS = ("cuda-fa16",)
 ROTATORS = ("scalar", "simd", "dispatch")

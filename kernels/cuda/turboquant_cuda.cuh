@@ -258,13 +258,19 @@ TQ_CU_HD uint32_t tq_cu_prmt(uint32_t a, uint32_t b, uint32_t s)
 #endif
 }
 
-/* float -> fp16 bits, nearest-even: the hardware conversion on a GPU, the same bits as
- * tq_cu_fp16_from_float for every float that is not NaN. */
+/* float -> fp16 bits, nearest-even, as the hardware converts (__float2half_rn): unlike
+ * tq_cu_fp16_from_float, a float of 65520 or more becomes infinity; the same bits on the
+ * host for every float that is not NaN. */
 TQ_CU_HD uint16_t tq_cu_fp16_rn(float f)
 {
 #ifdef __CUDA_ARCH__
     return __half_as_ushort(__float2half_rn(f));
 #else
+    const uint32_t x = tq_cu_bits_from_f32(f);
+    const uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax >= 0x477FF000u && ax <= 0x7F800000u) {
+        return (uint16_t)(((x >> 16) & 0x8000u) | 0x7C00u);
+    }
     return tq_cu_fp16_from_float(f);
 #endif
 }
@@ -302,6 +308,14 @@ template <int B, int N> struct tq_cu_staged {
         constexpr int LB = F::lo_bits;
         const uint32_t lo = LB == 2 ? tq_cu_load_u16(sb + 16 + j0 / 4) : tq_cu_load_u32(sb + 16 + j0 / 2);
         const uint32_t hi = LB != B ? sb[16 + LO + j0 / 8] : 0u;
+        levels8_bits(lo, hi, lut, out);
+    }
+
+    /* levels8 of index planes already loaded, as bits8 and the staged block hold them: value
+     * l's low bits at lo_bits * l of lo, its top bit (B = 3, 5) at bit l of hi. */
+    static TQ_CU_HD void levels8_bits(uint32_t lo, uint32_t hi, const float *lut, float out[8])
+    {
+        constexpr int LB = F::lo_bits;
         for (int l = 0; l < 8; l++) {
             /* the byte offset 4 * idx of the table entry, each plane's bits shifted straight
              * into place (two shifts and one three-input logic op on a GPU) */
@@ -384,6 +398,24 @@ template <int B, int N> struct tq_cu_staged {
             out[2 * h + 1] = tq_cu_prmt(lb, hb, 0x7362u);
         }
     }
+    /* Values j0 .. j0+7 (j0 % 8 == 0) of the block whose first byte is blk (a row in memory,
+     * 2-byte aligned) as fp16 bits, two per word (value 2i in the low half of out[i]):
+     * fp16_rn(tq_cu_decode_one(blk, j)) bit for bit, the conversion of a turbo K/V to f16
+     * that flash attention runs before its tensor-core kernels. */
+    static TQ_CU_HD void decode8_f16(const uint8_t *blk, int j0, const float *lut, uint32_t out[4])
+    {
+        uint32_t lo;
+        uint32_t hi;
+        bits8(blk, j0, lo, hi);
+        float f[8];
+        levels8_bits(lo, hi, lut, f);
+        const float d = tq_cu_block_scale(blk);
+        for (int i = 0; i < 4; i++) {
+            out[i] = (uint32_t)tq_cu_fp16_rn(tq_cu_scale_level(d, f[2 * i])) |
+                     (uint32_t)tq_cu_fp16_rn(tq_cu_scale_level(d, f[2 * i + 1])) << 16;
+        }
+    }
+
     /* Values j0 .. j0+7 of the staged block sb: d * lut[idx], one float multiply each (a NaN
      * scale gives a NaN, the GPU's own on a GPU). */
     static TQ_CU_HD void decode8(const uint8_t *sb, int j0, const float *lut, float out[8])

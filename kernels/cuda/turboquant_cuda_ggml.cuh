@@ -19,6 +19,9 @@
  *                                              conversions to f16/f32 for flash attention)
  *   tq_cu_cpy_blck_f32_turbo<B, N>(src, dst)   cpy f32 -> turbo, one block
  *   tq_cu_cpy_blck_turbo<B, N, T>(src, dst)   cpy turbo -> f32 or f16 (T), one block
+ *   tq_cu_to_f16<B, N>(x, y, k, stream)        to_fp16_cuda_t (convert.cu): K/V to f16 for
+ *                                              flash attention's tensor-core kernels, 8
+ *                                              values per thread (tq_cu_staged::decode8_f16)
  *
  * A block is plain bytes, so its struct has byte alignment and sizeof == nbytes (34 .. 82),
  * and ggml's pointer arithmetic over blocks stays right. Compiled by nvcc inside ggml-cuda
@@ -368,6 +371,44 @@ void tq_cu_set_rows(const float *src0, const idx_t *src1, char *dst, int64_t ne0
     const int64_t grid = (nblocks * 32 + threads - 1) / threads;
     launch(tq_cu_k_set_rows<idx_t, B, N>, dim3((unsigned)grid), dim3(threads), stream, src0, src1,
            dst, nblocks, ne00, ne01, ne02, ne11, ne12, s01, s02, s03, s10, s11, s12, nb1, nb2, nb3);
+}
+
+/* The conversion of a turbo tensor of k values (k / N blocks, contiguous) to fp16, which
+ * flash attention runs on K and V before its tensor-core kernels (prompt processing, and
+ * batches too wide for the decode kernel): thread t writes values 8t .. 8t+7 as one 16-byte
+ * store, from 2-4 bytes of index bits, the scale and the codebook in shared memory
+ * (tq_cu_staged::decode8_f16; ggml-cuda's generic dequantize_block decoded two values 64
+ * apart per thread, each from its own index and scale reads). */
+template <int B, int N> __global__ void tq_cu_k_to_f16(const uint8_t *x, uint4 *y, int64_t nt)
+{
+    typedef tq_cu_staged<B, N> S;
+    __shared__ float lut[S::NLUT];
+    if (threadIdx.x < S::NLUT) {
+        lut[threadIdx.x] = S::lut_entry((int)threadIdx.x);
+    }
+    __syncthreads();
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= nt) {
+        return;
+    }
+    const int64_t ib = t / (N / 8);
+    uint32_t h[4];
+    S::decode8_f16(x + ib * S::NB, (int)(t % (N / 8)) * 8, lut, h);
+    y[t] = make_uint4(h[0], h[1], h[2], h[3]);
+}
+
+/* ggml-cuda's to_fp16_cuda_t for a turbo type: k values (a multiple of N) from x to y (16-byte
+ * aligned, as ggml-cuda's pool allocates). */
+template <int B, int N> void tq_cu_to_f16(const void *x, half *y, int64_t k, cudaStream_t stream)
+{
+    constexpr int threads = 256;
+    static_assert(tq_cu_staged<B, N>::NLUT <= threads, "the codebook loads in one pass");
+    const int64_t nt = k / 8;
+    if (nt == 0) {
+        return;
+    }
+    tq_cu_k_to_f16<B, N><<<(unsigned)((nt + threads - 1) / threads), threads, 0, stream>>>(
+        (const uint8_t *)x, (uint4 *)y, nt);
 }
 #endif /* __CUDACC__ */
 

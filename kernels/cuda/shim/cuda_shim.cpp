@@ -33,6 +33,13 @@ template <int B, int N> void decode8_h(const void *src, float *y, int64_t k)
     }
 }
 
+template <int B, int N> void to_f16(const void *src, float *y, int64_t k)
+{
+    for (int64_t t = 0; t < k / 8; t++) {
+        tq_cu_row_to_f16<B, N>(static_cast<const uint8_t *>(src), y, t);
+    }
+}
+
 } // namespace
 
 /* An entry point of turboquant_cuda_shim.h: check the row, then run fn<B, N> for its format. */
@@ -49,6 +56,7 @@ template <int B, int N> void decode8_h(const void *src, float *y, int64_t k)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_quantize_row, quantize, const float *, void *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row, dequantize, const void *, float *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_fa, decode8, const void *, float *)
+TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_f16, to_f16, const void *, float *)
 
 extern "C" int tq_cuda_dequantize_row_fa16(int bits, int n, const void *src, float *y, int64_t k)
 {

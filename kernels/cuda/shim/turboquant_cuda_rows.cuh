@@ -67,6 +67,24 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_h(const uint8_t *src, fl
     }
 }
 
+/* Thread t of the conversion to f16 (tq_cu_k_to_f16): values 8*(t % (N/8)) .. +7 of block
+ * t / (N/8) as fp16, widened back to float (exactly) for the comparison. */
+template <int B, int N> TQ_CU_HD void tq_cu_row_to_f16(const uint8_t *src, float *y, int64_t t)
+{
+    typedef tq_cu_staged<B, N> S;
+    const int64_t ib = t / (N / 8);
+    const int j0 = (int)(t % (N / 8)) * 8;
+    float lut[S::NLUT];
+    for (int k = 0; k < S::NLUT; k++) {
+        lut[k] = S::lut_entry(k);
+    }
+    uint32_t h[4];
+    S::decode8_f16(src + ib * S::NB, j0, lut, h);
+    for (int l = 0; l < 8; l++) {
+        y[ib * N + j0 + l] = tq_cu_half_to_float((uint16_t)(h[l / 2] >> (16 * (l % 2))));
+    }
+}
+
 /* TQ_OK for a format with tables and a whole number of blocks, else the error code. */
 inline int tq_cu_check_row(int bits, int n, int64_t k)
 {

@@ -36,6 +36,11 @@ TQ_CUDA_API int tq_cuda_dequantize_row(int bits, int n, const void *src, float *
  * the flash-attention decode (a NaN scale gives some NaN). */
 TQ_CUDA_API int tq_cuda_dequantize_row_fa(int bits, int n, const void *src, float *y, int64_t k);
 
+/* tq_cu_staged::decode8_f16, 8 values per call as fp16 (returned widened to float): the
+ * conversion of K/V to f16 before flash attention's tensor-core kernels (tq_cu_to_f16, which
+ * the GPU runner launches as ggml-cuda does). */
+TQ_CUDA_API int tq_cuda_dequantize_row_f16(int bits, int n, const void *src, float *y, int64_t k);
+
 /* tq_cu_staged::bits8 + levels8_h, 8 values per call: the fp16 levels the GPU
  * flash-attention kernels take straight from the index bits, times d in float; turbo2..4
  * (bits 5 gives TQ_ERR_FORMAT). */

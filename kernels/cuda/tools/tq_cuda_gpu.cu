@@ -7,6 +7,8 @@
 
 #include <cuda_runtime.h>
 
+#include <vector>
+
 namespace {
 
 template <int B, int N> __global__ void k_quantize(const float *y, uint8_t *dst, int64_t nt)
@@ -182,4 +184,29 @@ extern "C" int tq_cuda_dequantize_row(int bits, int n, const void *src, float *y
 extern "C" int tq_cuda_dequantize_row_fa(int bits, int n, const void *src, float *y, int64_t k)
 {
     return run_decode<launch_decode8>(bits, n, src, y, k);
+}
+
+/* The conversion ggml-cuda runs before flash attention's tensor-core kernels, launched as
+ * convert.cu launches it (tq_cu_to_f16 into an fp16 buffer); the fp16 values come back
+ * widened to float. */
+extern "C" int tq_cuda_dequantize_row_f16(int bits, int n, const void *src, float *y, int64_t k)
+{
+    int rc = tq_cu_check_row(bits, n, k);
+    if (rc != TQ_OK || k == 0) {
+        return rc;
+    }
+    const size_t in_bytes = (size_t)(k / n) * block_bytes(bits, n);
+    Buffers b;
+    TQ_CUDA_TRY(cudaMalloc(&b.in, in_bytes));
+    TQ_CUDA_TRY(cudaMalloc(&b.out, (size_t)k * sizeof(uint16_t)));
+    TQ_CUDA_TRY(cudaMemcpy(b.in, src, in_bytes, cudaMemcpyHostToDevice));
+    TQ_CUDA_TRY(cudaMemset(b.out, 0xA5, (size_t)k * sizeof(uint16_t)));
+    TQ_CU_FOR_FORMAT(rc, bits, n, tq_cu_to_f16, b.in, (half *)b.out, k, (cudaStream_t)0);
+    TQ_CUDA_TRY(cudaGetLastError());
+    std::vector<uint16_t> h((size_t)k);
+    TQ_CUDA_TRY(cudaMemcpy(h.data(), b.out, (size_t)k * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < k; i++) {
+        y[i] = tq_cu_half_to_float(h[(size_t)i]);
+    }
+    return rc;
 }
