@@ -18,7 +18,8 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from harness.llama_log import (
     parse_base,
     parse_kld,
 )
-from harness.lock import exclusive
+from harness.lock import exclusive, in_use, unused
 from harness.progress import Progress
 
 # llama-perplexity logs the KV-cache allocation only at verbosity 4; the gates need it.
@@ -206,15 +207,22 @@ class Runner:
         self.seconds_per_chunk = seconds / max(self.settings.chunks, 1)
         return result.output, seconds
 
+    @contextmanager
     def base(
         self, model_name: str, model: Path, text: Path, key: BaseKey
-    ) -> tuple[Path, RunResult, bool]:
+    ) -> Iterator[tuple[Path, RunResult, bool]]:
         """The f16 base logits for this key, its run (with the model as llama.cpp logged it),
-        and whether they came from the cache. A run that fails leaves nothing in the cache.
-        Raises what ``_run`` raises, and ParseError for output without a final estimate."""
-        # The cache is shared by every clone: one run writes (or evicts) a base at a time.
-        with exclusive(self.paths.locks / "kld-base.lock"):
-            return self._base(model_name, model, text, key)
+        and whether they came from the cache; held in use until the block ends, so no other
+        run evicts them while this one's candidates read them. A run that fails leaves
+        nothing in the cache. Raises what ``_run`` raises, and ParseError for output without
+        a final estimate."""
+        with ExitStack() as stack:
+            # The cache is shared by every clone: one run writes (or evicts) a base at a time,
+            # and takes its hold before another can evict it.
+            with exclusive(self.paths.locks / "kld-base.lock"):
+                logits, result, cached = self._base(model_name, model, text, key)
+                stack.enter_context(in_use(logits.parent / IN_USE))
+            yield logits, result, cached
 
     def _base(
         self, model_name: str, model: Path, text: Path, key: BaseKey
@@ -274,8 +282,14 @@ class Runner:
         return replace(parse_kld(output, config.name, where=str(log)), seconds=seconds)
 
 
+# The lock file in a base's directory that runs reading the base hold (lock.in_use).
+IN_USE = "in-use.lock"
+
+
 def evict_bases(root: Path, keep: Path) -> None:
-    """Drop the least recently used base logits beyond TQH_KLD_CACHE_GB (default 8)."""
+    """Drop the least recently used base logits beyond TQH_KLD_CACHE_GB (default 8), except
+    ``keep`` and any base another run holds in use (the cache may then stay over the limit
+    until that run ends)."""
     limit = environment().kld_cache_bytes
     entries = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp")]
 
@@ -288,5 +302,7 @@ def evict_bases(root: Path, keep: Path) -> None:
             break
         if p == keep:
             continue
-        total -= size(p)
-        shutil.rmtree(p, ignore_errors=True)
+        with unused(p / IN_USE) as free:
+            if free:
+                total -= size(p)
+                shutil.rmtree(p, ignore_errors=True)

@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -366,53 +366,53 @@ def _measure(
     settings = runner.settings
     gate_file, requested = shared.gate_file, shared.requested
     key = BaseKey(pin.sha256, shared.text_sha256, shared.identity, settings.ctx, settings.chunks)
-    base, base_run, base_cached = runner.base(pin.name, gguf, shared.text_path, key)
-    logged = base_run.model
-    if user is not None and logged is None:
-        raise ParseError(
-            f"{pin.name}: the f16 base run logged no `print_info:` lines, so nothing "
-            "says what the model is"
-        )
-    info = logged.info(pin.name) if user is not None else models.cached_info(pin, gguf)
-    # llama.cpp's own account of the heads decides what it will refuse
-    heads = logged.info(pin.name) if logged is not None else info
-    wanted = set(gate_file.required(pin.name, requested)) | {"f16"}
-    refused = _refusals(shared.ordered(wanted), heads, shared.block64)
-    runnable = [c for c in requested if c not in refused]
-    plan = set(gate_file.required(pin.name, runnable)) | {"f16"}
-    refused = {c: why for c, why in refused.items() if c in requested or c in plan}
-    to_run = [c for c in shared.ordered(plan) if c not in refused]
-    where = f"{pin.name}{' ' + label if label else ''}"
-    for c, why in refused.items():
-        print(f"{where} {c}: not run, llama.cpp would refuse it: {why}", file=sys.stderr)
-    added = [c for c in to_run if c not in requested]
-    if added:
-        print(
-            f"{where}: also running {', '.join(added)} (the gates compare with them)",
-            file=sys.stderr,
-        )
-    m = report.ModelReport(pin, info, shared.ordered(plan | set(refused)))
-    m.user, m.logged, m.refused = user, logged, dict(refused)
-    m.base_key = {**key.__dict__, "digest": key.digest()}
-    m.base_cached = base_cached
-    m.ctx, m.chunks = settings.ctx, settings.chunks
-    m.base_chunks, m.base_seconds = base_run.chunks, base_run.seconds
-    for config in to_run:
-        try:
-            m.results[config] = runner.candidate(
-                pin.name, gguf, shared.text_path, base, CacheConfig.parse(config)
+    with runner.base(pin.name, gguf, shared.text_path, key) as (base, base_run, base_cached):
+        logged = base_run.model
+        if user is not None and logged is None:
+            raise ParseError(
+                f"{pin.name}: the f16 base run logged no `print_info:` lines, so nothing "
+                "says what the model is"
             )
-        except HeadSizeRefused as exc:
-            m.refused[config] = str(exc).split(": ", 1)[-1]
-            print(f"{where} {config}: REFUSED: {exc}", file=sys.stderr)
-        except CommandFailed as exc:
-            m.failures[config] = str(exc)
-            shared.hints.add(exc.hint)
-            print(f"{where} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr)
-    judged = [c for c in requested if c not in m.refused]
-    outcomes = gates.evaluate(gate_file, pin.name, judged, m.results, settings.ctx)
-    m.outcomes = [replace(o, context=label) for o in outcomes]
-    return m
+        info = logged.info(pin.name) if user is not None else models.cached_info(pin, gguf)
+        # llama.cpp's own account of the heads decides what it will refuse
+        heads = logged.info(pin.name) if logged is not None else info
+        wanted = set(gate_file.required(pin.name, requested)) | {"f16"}
+        refused = _refusals(shared.ordered(wanted), heads, shared.block64)
+        runnable = [c for c in requested if c not in refused]
+        plan = set(gate_file.required(pin.name, runnable)) | {"f16"}
+        refused = {c: why for c, why in refused.items() if c in requested or c in plan}
+        to_run = [c for c in shared.ordered(plan) if c not in refused]
+        where = f"{pin.name}{' ' + label if label else ''}"
+        for c, why in refused.items():
+            print(f"{where} {c}: not run, llama.cpp would refuse it: {why}", file=sys.stderr)
+        added = [c for c in to_run if c not in requested]
+        if added:
+            print(
+                f"{where}: also running {', '.join(added)} (the gates compare with them)",
+                file=sys.stderr,
+            )
+        m = report.ModelReport(pin, info, shared.ordered(plan | set(refused)))
+        m.user, m.logged, m.refused = user, logged, dict(refused)
+        m.base_key = {**key.__dict__, "digest": key.digest()}
+        m.base_cached = base_cached
+        m.ctx, m.chunks = settings.ctx, settings.chunks
+        m.base_chunks, m.base_seconds = base_run.chunks, base_run.seconds
+        for config in to_run:
+            try:
+                m.results[config] = runner.candidate(
+                    pin.name, gguf, shared.text_path, base, CacheConfig.parse(config)
+                )
+            except HeadSizeRefused as exc:
+                m.refused[config] = str(exc).split(": ", 1)[-1]
+                print(f"{where} {config}: REFUSED: {exc}", file=sys.stderr)
+            except CommandFailed as exc:
+                m.failures[config] = str(exc)
+                shared.hints.add(exc.hint)
+                print(f"{where} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr)
+        judged = [c for c in requested if c not in m.refused]
+        outcomes = gates.evaluate(gate_file, pin.name, judged, m.results, settings.ctx)
+        m.outcomes = [replace(o, context=label) for o in outcomes]
+        return m
 
 
 def _measure_peer(
@@ -433,14 +433,33 @@ def _measure_peer(
     key = BaseKey(pin.sha256, shared.text_sha256, identity, settings.ctx, settings.chunks)
     runs = report.PeerRuns(peer.name, peer.title, peer.commit, settings.env, ours.info)
     runs.base_key = {**key.__dict__, "digest": key.digest()}
-    try:
-        base, _, runs.base_cached = runner.base(pin.name, gguf, shared.text_path, key)
-    except HarnessError as exc:
-        # e.g. an architecture the peer's llama.cpp predates: every cell says so
-        first = str(exc).splitlines()[0]
-        print(f"{pin.name} on peer {peer.name}: its f16 base FAILED: {first}", file=sys.stderr)
-        runs.failures = {c: f"the peer's f16 base run failed: {exc}" for c in ours.configs}
-        return runs
+    with ExitStack() as stack:
+        try:
+            base, _, runs.base_cached = stack.enter_context(
+                runner.base(pin.name, gguf, shared.text_path, key)
+            )
+        except HarnessError as exc:
+            # e.g. an architecture the peer's llama.cpp predates: every cell says so
+            first = str(exc).splitlines()[0]
+            print(f"{pin.name} on peer {peer.name}: its f16 base FAILED: {first}", file=sys.stderr)
+            runs.failures = {c: f"the peer's f16 base run failed: {exc}" for c in ours.configs}
+            return runs
+        _peer_candidates(shared, runner, peer, pin, gguf, ours, base, runs)
+    return runs
+
+
+def _peer_candidates(
+    shared: _Shared,
+    runner: Runner,
+    peer: peers.Peer,
+    pin: models.ModelPin,
+    gguf: Path,
+    ours: report.ModelReport,
+    base: Path,
+    runs: report.PeerRuns,
+) -> None:
+    """Each configuration of ``ours`` through the peer against its f16 base ``base``, into
+    ``runs`` (results, refusals, failures)."""
     for config in ours.configs:
         theirs = peer.config(CacheConfig.parse(config))
         if theirs is None:
@@ -460,7 +479,6 @@ def _measure_peer(
                 f"{pin.name} {config} on peer {peer.name}: FAILED: {str(exc).splitlines()[0]}",
                 file=sys.stderr,
             )
-    return runs
 
 
 def _peer_summary(reports: list[report.ModelReport]) -> str:
