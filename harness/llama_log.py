@@ -301,6 +301,20 @@ def check_cache_type_known(text: str) -> None:
         )
 
 
+BASE_UNREADABLE = re.compile(r"kl_divergence: failed to open (\S.*?)\s*$", re.M)
+
+
+def check_base_readable(text: str) -> None:
+    """Raises CommandFailed (exit 23) when llama-perplexity could not open the f16 base
+    logits it was given (it says so and exits 0, with no statistics)."""
+    if m := BASE_UNREADABLE.search(text):
+        raise CommandFailed(
+            f"llama-perplexity could not open the f16 base logits {m.group(1)}",
+            hint="the cached base was deleted while this run used it: run the command again "
+            "and it is computed anew",
+        )
+
+
 def parse_base(text: str, config: str = "f16", where: str = "llama-perplexity") -> RunResult:
     """A ``--kl-divergence-base`` (plain perplexity) run."""
     check_cache_type_known(text)

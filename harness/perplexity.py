@@ -30,6 +30,7 @@ from harness.config import Paths, environment
 from harness.errors import CommandFailed
 from harness.llama_log import (
     RunResult,
+    check_base_readable,
     check_cache_type_known,
     check_head_size_accepted,
     check_model_loaded,
@@ -194,8 +195,10 @@ class Runner:
         )
         seconds = time.monotonic() - start
         progress.progress.done(f"exit {result.returncode}")
-        # llama-perplexity refuses a short text with exit 0, so this is checked first
+        # llama-perplexity refuses a short text, and a base it cannot open, with exit 0, so
+        # these are checked first
         check_text_long_enough(result.output, self.settings.ctx)
+        check_base_readable(result.output)
         if result.returncode != 0:
             check_cache_type_known(result.output)
             check_model_loaded(result.output, model)

@@ -15,7 +15,7 @@ import pytest
 
 from harness.cache_types import CacheConfig, HeadSizeRefused
 from harness.config import Paths
-from harness.errors import ConfigError, ModelError
+from harness.errors import CommandFailed, ConfigError, ModelError
 from harness.perplexity import IN_USE, BaseKey, Runner, RunSettings, evict_bases
 
 DATA = Path(__file__).parent / "data" / "perplexity"
@@ -172,3 +172,24 @@ def test_a_base_is_held_while_its_candidates_run(
         assert logits.is_file()
     evict_bases(root, keep=other)
     assert not entry.exists()
+
+
+def test_a_base_llama_perplexity_cannot_open_is_named(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """llama-perplexity's words (and exit 0) when the base file is gone mid-suite: one
+    CommandFailed naming the file, not "no statistic"."""
+    gone = tmp_path / "gone.log"
+    gone.write_text(
+        "0.04.625.144 E kl_divergence: failed to open /c/kld-base/g-585fa/base.kld\n\n"
+        "0.04.625.294 I llama_perf_context_print:        load time =    1065.96 ms\n"
+    )
+    monkeypatch.setenv("REPLAY_LOG", str(gone))
+    monkeypatch.setenv("REPLAY_EXIT", "0")
+    with pytest.raises(CommandFailed) as err:
+        runner.candidate(
+            "m", Path("/m.gguf"), Path("/t.txt"), Path("/b"), CacheConfig.parse("turbo3")
+        )
+    assert str(err.value) == (
+        "llama-perplexity could not open the f16 base logits /c/kld-base/g-585fa/base.kld"
+    )
