@@ -143,8 +143,10 @@ extern "C" int tq_cuda_quantize_row_warp(int bits, int n, const float *y, void *
     return run_encode<launch_quantize_warp>(bits, n, y, dst, k);
 }
 
-template <int (*launch_fn)(int, int, const uint8_t *, float *, int64_t)>
-static int run_decode(int bits, int n, const void *src, float *y, int64_t k)
+/* Copy the blocks in, launch, copy the k Out values back: the frame of the decode entry
+ * points. */
+template <typename Out, int (*launch_fn)(int, int, const uint8_t *, Out *, int64_t)>
+static int run_decode(int bits, int n, const void *src, Out *y, int64_t k)
 {
     int rc = tq_cu_check_row(bits, n, k);
     if (rc != TQ_OK || k == 0) {
@@ -153,12 +155,12 @@ static int run_decode(int bits, int n, const void *src, float *y, int64_t k)
     const size_t in_bytes = (size_t)(k / n) * block_bytes(bits, n);
     Buffers b;
     TQ_CUDA_TRY(cudaMalloc(&b.in, in_bytes));
-    TQ_CUDA_TRY(cudaMalloc(&b.out, (size_t)k * sizeof(float)));
+    TQ_CUDA_TRY(cudaMalloc(&b.out, (size_t)k * sizeof(Out)));
     TQ_CUDA_TRY(cudaMemcpy(b.in, src, in_bytes, cudaMemcpyHostToDevice));
-    TQ_CUDA_TRY(cudaMemset(b.out, 0xA5, (size_t)k * sizeof(float)));
-    rc = launch_fn(bits, n, (const uint8_t *)b.in, (float *)b.out, k);
+    TQ_CUDA_TRY(cudaMemset(b.out, 0xA5, (size_t)k * sizeof(Out)));
+    rc = launch_fn(bits, n, (const uint8_t *)b.in, (Out *)b.out, k);
     TQ_CUDA_TRY(cudaGetLastError());
-    TQ_CUDA_TRY(cudaMemcpy(y, b.out, (size_t)k * sizeof(float), cudaMemcpyDeviceToHost));
+    TQ_CUDA_TRY(cudaMemcpy(y, b.out, (size_t)k * sizeof(Out), cudaMemcpyDeviceToHost));
     return rc;
 }
 
@@ -178,34 +180,33 @@ static int launch_decode8(int bits, int n, const uint8_t *src, float *y, int64_t
 
 extern "C" int tq_cuda_dequantize_row(int bits, int n, const void *src, float *y, int64_t k)
 {
-    return run_decode<launch_dequantize>(bits, n, src, y, k);
+    return run_decode<float, launch_dequantize>(bits, n, src, y, k);
 }
 
 extern "C" int tq_cuda_dequantize_row_fa(int bits, int n, const void *src, float *y, int64_t k)
 {
-    return run_decode<launch_decode8>(bits, n, src, y, k);
+    return run_decode<float, launch_decode8>(bits, n, src, y, k);
 }
 
-/* The conversion ggml-cuda runs before flash attention's tensor-core kernels, launched as
- * convert.cu launches it (tq_cu_to_f16 into an fp16 buffer); the fp16 values come back
- * widened to float. */
+/* tq_cu_to_f16, launched as convert.cu launches it, into fp16 values y. */
+static int launch_to_f16(int bits, int n, const uint8_t *src, uint16_t *y, int64_t k)
+{
+    int rc;
+    TQ_CU_FOR_FORMAT(rc, bits, n, tq_cu_to_f16, src, (half *)y, k, (cudaStream_t)0);
+    return rc;
+}
+
+/* The conversion ggml-cuda runs before flash attention's tensor-core kernels; the fp16
+ * values come back widened to float. */
 extern "C" int tq_cuda_dequantize_row_f16(int bits, int n, const void *src, float *y, int64_t k)
 {
     int rc = tq_cu_check_row(bits, n, k);
     if (rc != TQ_OK || k == 0) {
         return rc;
     }
-    const size_t in_bytes = (size_t)(k / n) * block_bytes(bits, n);
-    Buffers b;
-    TQ_CUDA_TRY(cudaMalloc(&b.in, in_bytes));
-    TQ_CUDA_TRY(cudaMalloc(&b.out, (size_t)k * sizeof(uint16_t)));
-    TQ_CUDA_TRY(cudaMemcpy(b.in, src, in_bytes, cudaMemcpyHostToDevice));
-    TQ_CUDA_TRY(cudaMemset(b.out, 0xA5, (size_t)k * sizeof(uint16_t)));
-    TQ_CU_FOR_FORMAT(rc, bits, n, tq_cu_to_f16, b.in, (half *)b.out, k, (cudaStream_t)0);
-    TQ_CUDA_TRY(cudaGetLastError());
     std::vector<uint16_t> h((size_t)k);
-    TQ_CUDA_TRY(cudaMemcpy(h.data(), b.out, (size_t)k * sizeof(uint16_t), cudaMemcpyDeviceToHost));
-    for (int64_t i = 0; i < k; i++) {
+    rc = run_decode<uint16_t, launch_to_f16>(bits, n, src, h.data(), k);
+    for (int64_t i = 0; rc == TQ_OK && i < k; i++) {
         y[i] = tq_cu_half_to_float(h[(size_t)i]);
     }
     return rc;
