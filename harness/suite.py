@@ -29,7 +29,7 @@ from harness.build import Backend, kernels_digest
 from harness.cache_types import CacheConfig, HeadSizeRefused, block64_allowed, head_size_refusal
 from harness.config import Paths
 from harness.errors import CommandFailed, ConfigError, HarnessError
-from harness.llama_log import ParseError, RunResult
+from harness.llama_log import ParseError
 from harness.lock import exclusive
 from harness.patches import Series
 from harness.perplexity import BATCH, BaseKey, Runner, RunSettings, build_identity
@@ -366,71 +366,53 @@ def _measure(
     settings = runner.settings
     key = BaseKey(pin.sha256, shared.text_sha256, shared.identity, settings.ctx, settings.chunks)
     with runner.base(pin.name, gguf, shared.text_path, key) as (base, base_run, base_cached):
-        return _measure_on(shared, runner, pin, user, gguf, label, key, base, base_run, base_cached)
-
-
-def _measure_on(
-    shared: _Shared,
-    runner: Runner,
-    pin: models.ModelPin,
-    user: UserFile | None,
-    gguf: Path,
-    label: str,
-    key: BaseKey,
-    base: Path,
-    base_run: RunResult,
-    base_cached: bool,
-) -> report.ModelReport:
-    """_measure's work once the f16 base ``base`` (its run ``base_run``, from the cache when
-    ``base_cached``) is held: every configuration, then the gates."""
-    settings = runner.settings
-    gate_file, requested = shared.gate_file, shared.requested
-    logged = base_run.model
-    if user is not None and logged is None:
-        raise ParseError(
-            f"{pin.name}: the f16 base run logged no `print_info:` lines, so nothing "
-            "says what the model is"
-        )
-    info = logged.info(pin.name) if user is not None else models.cached_info(pin, gguf)
-    # llama.cpp's own account of the heads decides what it will refuse
-    heads = logged.info(pin.name) if logged is not None else info
-    wanted = set(gate_file.required(pin.name, requested)) | {"f16"}
-    refused = _refusals(shared.ordered(wanted), heads, shared.block64)
-    runnable = [c for c in requested if c not in refused]
-    plan = set(gate_file.required(pin.name, runnable)) | {"f16"}
-    refused = {c: why for c, why in refused.items() if c in requested or c in plan}
-    to_run = [c for c in shared.ordered(plan) if c not in refused]
-    where = f"{pin.name}{' ' + label if label else ''}"
-    for c, why in refused.items():
-        print(f"{where} {c}: not run, llama.cpp would refuse it: {why}", file=sys.stderr)
-    added = [c for c in to_run if c not in requested]
-    if added:
-        print(
-            f"{where}: also running {', '.join(added)} (the gates compare with them)",
-            file=sys.stderr,
-        )
-    m = report.ModelReport(pin, info, shared.ordered(plan | set(refused)))
-    m.user, m.logged, m.refused = user, logged, dict(refused)
-    m.base_key = {**key.__dict__, "digest": key.digest()}
-    m.base_cached = base_cached
-    m.ctx, m.chunks = settings.ctx, settings.chunks
-    m.base_chunks, m.base_seconds = base_run.chunks, base_run.seconds
-    for config in to_run:
-        try:
-            m.results[config] = runner.candidate(
-                pin.name, gguf, shared.text_path, base, CacheConfig.parse(config)
+        gate_file, requested = shared.gate_file, shared.requested
+        logged = base_run.model
+        if user is not None and logged is None:
+            raise ParseError(
+                f"{pin.name}: the f16 base run logged no `print_info:` lines, so nothing "
+                "says what the model is"
             )
-        except HeadSizeRefused as exc:
-            m.refused[config] = str(exc).split(": ", 1)[-1]
-            print(f"{where} {config}: REFUSED: {exc}", file=sys.stderr)
-        except CommandFailed as exc:
-            m.failures[config] = str(exc)
-            shared.hints.add(exc.hint)
-            print(f"{where} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr)
-    judged = [c for c in requested if c not in m.refused]
-    outcomes = gates.evaluate(gate_file, pin.name, judged, m.results, settings.ctx)
-    m.outcomes = [replace(o, context=label) for o in outcomes]
-    return m
+        info = logged.info(pin.name) if user is not None else models.cached_info(pin, gguf)
+        # llama.cpp's own account of the heads decides what it will refuse
+        heads = logged.info(pin.name) if logged is not None else info
+        wanted = set(gate_file.required(pin.name, requested)) | {"f16"}
+        refused = _refusals(shared.ordered(wanted), heads, shared.block64)
+        runnable = [c for c in requested if c not in refused]
+        plan = set(gate_file.required(pin.name, runnable)) | {"f16"}
+        refused = {c: why for c, why in refused.items() if c in requested or c in plan}
+        to_run = [c for c in shared.ordered(plan) if c not in refused]
+        where = f"{pin.name}{' ' + label if label else ''}"
+        for c, why in refused.items():
+            print(f"{where} {c}: not run, llama.cpp would refuse it: {why}", file=sys.stderr)
+        added = [c for c in to_run if c not in requested]
+        if added:
+            print(
+                f"{where}: also running {', '.join(added)} (the gates compare with them)",
+                file=sys.stderr,
+            )
+        m = report.ModelReport(pin, info, shared.ordered(plan | set(refused)))
+        m.user, m.logged, m.refused = user, logged, dict(refused)
+        m.base_key = {**key.__dict__, "digest": key.digest()}
+        m.base_cached = base_cached
+        m.ctx, m.chunks = settings.ctx, settings.chunks
+        m.base_chunks, m.base_seconds = base_run.chunks, base_run.seconds
+        for config in to_run:
+            try:
+                m.results[config] = runner.candidate(
+                    pin.name, gguf, shared.text_path, base, CacheConfig.parse(config)
+                )
+            except HeadSizeRefused as exc:
+                m.refused[config] = str(exc).split(": ", 1)[-1]
+                print(f"{where} {config}: REFUSED: {exc}", file=sys.stderr)
+            except CommandFailed as exc:
+                m.failures[config] = str(exc)
+                shared.hints.add(exc.hint)
+                print(f"{where} {config}: FAILED: {str(exc).splitlines()[0]}", file=sys.stderr)
+        judged = [c for c in requested if c not in m.refused]
+        outcomes = gates.evaluate(gate_file, pin.name, judged, m.results, settings.ctx)
+        m.outcomes = [replace(o, context=label) for o in outcomes]
+        return m
 
 
 def _measure_peer(
@@ -462,41 +444,29 @@ def _measure_peer(
             print(f"{pin.name} on peer {peer.name}: its f16 base FAILED: {first}", file=sys.stderr)
             runs.failures = {c: f"the peer's f16 base run failed: {exc}" for c in ours.configs}
             return runs
-        _peer_candidates(shared, runner, peer, pin, gguf, ours, base, runs)
+        for config in ours.configs:
+            theirs = peer.config(CacheConfig.parse(config))
+            if theirs is None:
+                runs.refused[config] = f"{peer.name} has no such type"
+                continue
+            runs.names[config] = theirs.name
+            if config not in ours.results:
+                runs.refused[config] = "not measured on our side"
+                continue
+            try:
+                runs.results[config] = runner.candidate(
+                    pin.name, gguf, shared.text_path, base, theirs
+                )
+            except HeadSizeRefused as exc:
+                runs.refused[config] = str(exc).split(": ", 1)[-1]
+            except CommandFailed as exc:
+                runs.failures[config] = str(exc)
+                print(
+                    f"{pin.name} {config} on peer {peer.name}: FAILED: {str(exc).splitlines()[0]}",
+                    file=sys.stderr,
+                )
+
     return runs
-
-
-def _peer_candidates(
-    shared: _Shared,
-    runner: Runner,
-    peer: peers.Peer,
-    pin: models.ModelPin,
-    gguf: Path,
-    ours: report.ModelReport,
-    base: Path,
-    runs: report.PeerRuns,
-) -> None:
-    """Each configuration of ``ours`` through the peer against its f16 base ``base``, into
-    ``runs`` (results, refusals, failures)."""
-    for config in ours.configs:
-        theirs = peer.config(CacheConfig.parse(config))
-        if theirs is None:
-            runs.refused[config] = f"{peer.name} has no such type"
-            continue
-        runs.names[config] = theirs.name
-        if config not in ours.results:
-            runs.refused[config] = "not measured on our side"
-            continue
-        try:
-            runs.results[config] = runner.candidate(pin.name, gguf, shared.text_path, base, theirs)
-        except HeadSizeRefused as exc:
-            runs.refused[config] = str(exc).split(": ", 1)[-1]
-        except CommandFailed as exc:
-            runs.failures[config] = str(exc)
-            print(
-                f"{pin.name} {config} on peer {peer.name}: FAILED: {str(exc).splitlines()[0]}",
-                file=sys.stderr,
-            )
 
 
 def _peer_summary(reports: list[report.ModelReport]) -> str:
