@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import windows
 from harness.cache_types import CacheConfig
 from harness.errors import ConfigError, GateFailed
 from harness.llama_log import RunResult, ppl_change_pct
@@ -88,7 +89,9 @@ def _metric_table(
             raise Unmeasured(f"{c} was not measured at the shorter context")
         long = need(r.kld and r.kld.value, f"mean KLD of {c}")
         short = reference[c]
-        return long / need(short.kld and short.kld.value, f"mean KLD of {c} at {short.ctx}")
+        plain = long / need(short.kld and short.kld.value, f"mean KLD of {c} at {short.ctx}")
+        same_tokens = windows.growth(r, short)  # the report's growth, window by window
+        return plain if same_tokens is None else same_tokens.value
 
     return {
         "kld": lambda r, c: need(r.kld and r.kld.value, f"mean KLD of {c}"),

@@ -9,6 +9,7 @@ units: PPL, KLD in nats, probabilities in percent, sizes in MiB as logged.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,9 @@ STATS = {
     "same_top_p": re.compile(rf"^Same top p: +{PM} %", re.M),
 }
 PERCENTILE = re.compile(rf"^(Maximum|Median|Minimum| ?[\d.]+%) +KLD: +{NUM}$", re.M)
+# a row of the table printed after each window: chunk, PPL, ln(PPL ratio), KLD (the running
+# means over the windows so far), Δp RMS, same top p
+KLD_ROW = re.compile(rf"^ +(\d+) +{PM} +{PM} +{PM} +{PM} % +{PM} %$", re.M)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class RunResult:
     ppl_ratio: Estimate | None = None
     kld: Estimate | None = None
     kld_percentiles: dict[str, float] = field(default_factory=dict)
+    # each window's mean KLD in nats, in order (harness.windows; empty where not printed)
+    kld_windows: tuple[float, ...] = ()
     rms_dp: Estimate | None = None
     same_top_p: Estimate | None = None
     seconds: float = 0.0
@@ -333,6 +339,23 @@ def parse_base(text: str, config: str = "f16", where: str = "llama-perplexity") 
     )
 
 
+def window_means(running: Sequence[float]) -> tuple[float, ...]:
+    """Each window's mean KLD (nats) from the running means after windows 1..n (nats): with
+    equal scored positions per window, window k's mean is k * m_k - (k - 1) * m_(k-1). The
+    running means are printed to 5 decimals, so window k's value is good to about k x 1e-5."""
+    prev = (0.0, *running[:-1])
+    return tuple(k * m - (k - 1) * p for k, (m, p) in enumerate(zip(running, prev, strict=True), 1))
+
+
+def _kld_windows(text: str) -> tuple[float, ...]:
+    """Each window's mean KLD (nats) from the running means of the per-window table; empty
+    unless the rows are numbered 1..n with none missing (a build that prints no table)."""
+    rows = KLD_ROW.findall(text)
+    if not rows or [int(r[0]) for r in rows] != list(range(1, len(rows) + 1)):
+        return ()
+    return window_means([float(r[5]) for r in rows])
+
+
 def parse_kld(text: str, config: str, where: str = "llama-perplexity") -> RunResult:
     """A ``--kl-divergence`` run: every statistic the gates use must be there."""
     check_cache_type_known(text)
@@ -353,6 +376,7 @@ def parse_kld(text: str, config: str, where: str = "llama-perplexity") -> RunRes
         chunks=chunks,
         ctx=ctx,
         ppl=found["ppl"],
+        kld_windows=_kld_windows(text),
         kv=kv_allocation(text, where),
         rotation=_rotation(text),
         ppl_base=found["ppl_base"],

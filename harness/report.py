@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness import windows
 from harness.cache_types import CacheConfig
 from harness.gates import GateFile, Outcome
 from harness.llama_log import Estimate, LoggedModel, RunResult, ppl_change_pct
@@ -120,24 +121,46 @@ class DepthReport:
         return list(dict.fromkeys(c for m in self.by_ctx.values() for c in m.configs))
 
     def kld(self, config: str, ctx: int) -> Estimate | None:
-        """Mean KLD of ``config`` at ``ctx`` tokens with its standard error (None: not
-        measured there)."""
+        """Mean KLD of ``config`` at ``ctx`` tokens (nats) with its standard error over the
+        windows (harness.windows), or over tokens as llama-perplexity prints it where there
+        are fewer than 2 windows; None: not measured there."""
         r = self.by_ctx[ctx].results.get(config)
-        return None if r is None else r.kld
+        if r is None or r.kld is None:
+            return None
+        return windows.over_windows(r) or r.kld
+
+    def windows(self, config: str, ctx: int) -> tuple[float, ...]:
+        """Each window's mean KLD of ``config`` at ``ctx`` tokens (nats), in text order; empty
+        when not measured there or not printed."""
+        r = self.by_ctx[ctx].results.get(config)
+        return () if r is None else r.kld_windows
+
+    def growth_at(self, config: str, ctx: int) -> Estimate | None:
+        """KLD at ``ctx`` / KLD at the shortest context, on the same tokens where the window
+        means line up (harness.windows.growth), else the plain ratio of the means; None when
+        either is missing or zero (f16)."""
+        long = self.by_ctx[ctx].results.get(config)
+        short = self.by_ctx[min(self.by_ctx)].results.get(config)
+        if long is None or short is None or long.kld is None or short.kld is None:
+            return None
+        if long.kld.value <= 0 or short.kld.value <= 0:
+            return None
+        return windows.growth(long, short) or ratio(long.kld, short.kld)
 
     def growth(self, config: str) -> Estimate | None:
-        """Mean KLD at the longest context / mean KLD at the shortest (a plain ratio) with its
-        standard error; None when either is missing or zero (f16)."""
-        long, short = self.kld(config, max(self.by_ctx)), self.kld(config, min(self.by_ctx))
-        if long is None or short is None or short.value <= 0 or long.value <= 0:
-            return None
-        return ratio(long, short)
+        """growth_at the longest context: what the growth() gates read."""
+        return self.growth_at(config, max(self.by_ctx))
 
     def growth_vs(self, config: str, reference: str = "q4_0") -> Estimate | None:
         """``config``'s growth / ``reference``'s growth, the quantity the growth() gates
-        bound, with its standard error; None when either growth is missing."""
+        bound, with its standard error (windows paired where they line up); None when either
+        growth is missing."""
         mine, theirs = self.growth(config), self.growth(reference)
-        return None if mine is None or theirs is None else ratio(mine, theirs)
+        if mine is None or theirs is None:
+            return None
+        long, short = max(self.by_ctx), min(self.by_ctx)
+        runs = [self.by_ctx[x].results[c] for c in (config, reference) for x in (long, short)]
+        return windows.growth_vs(*runs) or ratio(mine, theirs)
 
 
 def new_dir(root: Path) -> Path:
@@ -477,8 +500,11 @@ def _depth_markdown(d: DepthReport, gate_file: GateFile) -> list[str]:
         "",
         f"Mean KLD ± one standard error at each context length, on the same text in this run "
         f"(each shorter context covers the same tokens as the longest). Scored positions per "
-        f"number: {positions}. Growth = KLD at c={long} / KLD at c={short}; the errors of "
-        "ratios add the relative errors in quadrature.",
+        f"number: {positions}. Errors are taken over windows, which spread 3-6 times more "
+        "than llama-perplexity's error over tokens says (over tokens only where a context "
+        f"has one window). Growth = KLD at c={long} / KLD at c={short} on the same tokens: "
+        f"each window of c={long} against the windows of c={short} inside the half it "
+        f"scores, the error a jackknife over the windows of c={long}.",
         "",
         "| config | "
         + " | ".join(f"KLD c={c}" for c in ctxs)
@@ -698,9 +724,9 @@ def depth_plot(directory: Path, depths: list[DepthReport]) -> tuple[Path, list[s
                 capsize=3,
                 label=c,
             )
-            base = d.kld(c, short)
-            if base is not None and base.value > 0:
-                grown = [(x, ratio(e, base)) for x, e in points if x != short]
+            grown = [(x, d.growth_at(c, x)) for x, _ in points if x != short]
+            grown = [(x, g) for x, g in grown if g is not None]
+            if grown:
                 bottom.errorbar(
                     [short, *(x for x, _ in grown)],
                     [1.0, *(g.value for _, g in grown)],
@@ -764,6 +790,7 @@ def _depth_json(d: DepthReport) -> dict[str, Any]:
             {
                 "config": c,
                 "kld": {str(x): est(d.kld(c, x)) for x in d.contexts},
+                "kld_windows": {str(x): list(d.windows(c, x)) for x in d.contexts},
                 "growth": est(d.growth(c)),
                 "growth_vs_q4_0": est(d.growth_vs(c)),
             }
