@@ -12,6 +12,7 @@ import json
 import platform
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -346,3 +347,101 @@ def test_strided_rows_decode_like_single_rows(kernels: parity.Kernels, fmt: ref.
     assert np.all(out[nrows] == -7.0)
     assert fn(fmt.bits, fmt.block, start, cache.strides[0], out.ctypes.data, k, -1) == -2
     assert fn(fmt.bits, fmt.block, start, cache.strides[0], out.ctypes.data, k + 1, 1) == -2
+
+
+def _rows_fns(kernels: parity.Kernels, name: str) -> dict[str, Any]:
+    fns = {}
+    for path, suffix in (("scalar", "_scalar"), ("simd", "_simd"), ("dispatch", "")):
+        fn = getattr(kernels.lib, f"tq_vec_{name}_rows_f32{suffix}")
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                       ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
+                       ctypes.c_void_p]  # fmt: skip
+        fns[path] = fn
+    return fns
+
+
+def _tile(rng: np.random.Generator, kernels: parity.Kernels, fmt: ref.Format, nrows: int,
+          nblocks: int) -> tuple[np.ndarray, int]:  # fmt: skip
+    """nrows rows of nblocks blocks with 3 bytes of another head between rows (a strided KV
+    head), the last row random bytes (every index and scale, NaN and Inf included)."""
+    rows = kernels.encode("scalar", fmt, rng.standard_normal((nrows * nblocks, fmt.block)))
+    rows = rows.reshape(nrows, nblocks * fmt.nbytes)
+    rows[-1] = rng.integers(0, 256, nblocks * fmt.nbytes, dtype=np.uint8)
+    stride = nblocks * fmt.nbytes + 3
+    tile = np.zeros((nrows, stride), np.uint8)
+    tile[:, : nblocks * fmt.nbytes] = rows
+    return tile, stride
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.all((a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))))
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=[f.name for f in ALL])
+def test_tile_dots_equal_the_single_row_dot(kernels: parity.Kernels, fmt: ref.Format) -> None:
+    """tq_vec_dot_rows_f32 (K * Q for a GQA group) gives, on every path, what
+    tq_vec_dot_f32_scalar gives for each row and query, bit for bit: 1..6 queries (the AVX2
+    path takes them 4 at a time), rows of 1..5 blocks (5 x 128 crosses the 512-float chunk)."""
+    rng = np.random.default_rng(fmt.bits * 7 + fmt.block)
+    one = kernels.lib.tq_vec_dot_f32_scalar
+    one.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                    ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+    fns = _rows_fns(kernels, "dot")
+    for nq, nrows, nblocks in ((1, 16, 1), (3, 16, 1), (4, 7, 2), (6, 5, 5), (2, 1, 3)):
+        tile, stride = _tile(rng, kernels, fmt, nrows, nblocks)
+        k = nblocks * fmt.block
+        q = rng.standard_normal((nq, k)).astype(np.float32)
+        want = np.zeros((nq, nrows), np.float32)
+        for j in range(nq):
+            for r in range(nrows):
+                row = np.ascontiguousarray(tile[r])
+                assert one(fmt.bits, fmt.block, row.ctypes.data, q[j].ctypes.data, k,
+                           want[j, r:].ctypes.data) == 0  # fmt: skip
+        for path, fn in fns.items():
+            got = np.full((nq, nrows), np.nan, np.float32)
+            assert fn(fmt.bits, fmt.block, tile.ctypes.data, stride, nrows, q.ctypes.data, nq, k,
+                      got.ctypes.data) == 0  # fmt: skip
+            assert _same_bits(got, want), (path, nq, nrows, nblocks)
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=[f.name for f in ALL])
+def test_tile_multiply_adds_equal_float32_arithmetic(
+    kernels: parity.Kernels, fmt: ref.Format
+) -> None:
+    """tq_vec_mad_rows_f32 (P * V for a GQA group) adds w * decode(row) to each query's
+    accumulator in row order, one float32 multiply and one add per value, on every path bit
+    for bit; a weight of 0 skips its row, so the random-bytes row (NaN scales) poisons
+    nothing where it is masked."""
+    rng = np.random.default_rng(fmt.bits * 11 + fmt.block)
+    fns = _rows_fns(kernels, "mad")
+    for nq, nrows, nblocks in ((1, 16, 1), (3, 16, 1), (4, 7, 2), (6, 5, 5)):
+        tile, stride = _tile(rng, kernels, fmt, nrows, nblocks)
+        k = nblocks * fmt.block
+        decoded = kernels.decode(
+            "scalar",
+            fmt,
+            np.ascontiguousarray(tile[:, : nblocks * fmt.nbytes]).reshape(-1, fmt.nbytes),
+        ).reshape(nrows, k)
+        w = rng.random((nq, nrows)).astype(np.float32)
+        w[:, -1] = 0.0  # the random-bytes row is masked
+        w[0, 0] = 0.0
+        acc0 = rng.standard_normal((nq, k)).astype(np.float32)
+        want = acc0.copy()
+        for r in range(nrows):
+            for j in range(nq):
+                if w[j, r] != 0.0:
+                    want[j] = want[j] + w[j, r] * decoded[r]
+        for path, fn in fns.items():
+            got = acc0.copy()
+            assert fn(fmt.bits, fmt.block, tile.ctypes.data, stride, nrows, w.ctypes.data, nq, k,
+                      got.ctypes.data) == 0  # fmt: skip
+            assert _same_bits(got, want), (path, nq, nrows, nblocks)
+
+
+def test_tile_calls_reject_bad_shapes(kernels: parity.Kernels) -> None:
+    dot = _rows_fns(kernels, "dot")["dispatch"]
+    buf = np.zeros(4096, np.float32)
+    assert dot(3, 128, buf.ctypes.data, 50, 1, buf.ctypes.data, 0, 128, buf.ctypes.data) != 0
+    assert dot(3, 128, buf.ctypes.data, 50, -1, buf.ctypes.data, 1, 128, buf.ctypes.data) != 0
+    assert dot(3, 128, buf.ctypes.data, 50, 1, buf.ctypes.data, 1, 100, buf.ctypes.data) != 0
+    assert dot(6, 128, buf.ctypes.data, 50, 1, buf.ctypes.data, 1, 128, buf.ctypes.data) != 0

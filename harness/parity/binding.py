@@ -70,6 +70,16 @@ class Kernels:
             fn.argtypes, fn.restype = row, ctypes.c_int
         for fn in self.rotators.values():
             fn.argtypes, fn.restype = rot, ctypes.c_int
+        # flash attention's decode over a tile of rows for a GQA group: K * Q and P * V
+        tile = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
+        tile += [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p]
+        self.tile_ops = {
+            (p, op): self.lib[f"tq_vec_{op}_rows_f32{s}"]
+            for p, s in suffix.items()
+            for op in ("dot", "mad")
+        }
+        for fn in self.tile_ops.values():
+            fn.argtypes, fn.restype = tile, ctypes.c_int
         self.lib.tq_simd_path.restype = ctypes.c_char_p
         self.simd_path = self.lib.tq_simd_path().decode()
 
@@ -108,6 +118,31 @@ class Kernels:
             blocks.ctypes.data,
             out.ctypes.data,
             out.size,
+        )
+        return out
+
+    def tile(self, path: str, op: str, fmt: Format, blocks: np.ndarray, x: np.ndarray,
+             acc: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """A tile of rows (blocks: rows x nbytes bytes, one block per row) through ``path``:
+        op "dot" with queries ``x`` (nq x block floats) gives nq x rows scores; op "mad" with
+        weights ``x`` (nq x rows floats) adds into a copy of ``acc`` (nq x block floats) and
+        returns it."""
+        blocks = np.ascontiguousarray(blocks, np.uint8)
+        x = np.ascontiguousarray(x, np.float32)
+        nq, rows = x.shape[0], blocks.shape[0]
+        out = np.empty((nq, rows), np.float32) if op == "dot" else np.array(acc, np.float32)
+        self._call(
+            self.tile_ops[path, op],
+            f"{path} tile {op}",
+            fmt.bits,
+            fmt.block,
+            blocks.ctypes.data,
+            fmt.nbytes,
+            rows,
+            x.ctypes.data,
+            nq,
+            fmt.block,
+            out.ctypes.data,
         )
         return out
 

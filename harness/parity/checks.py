@@ -13,7 +13,7 @@ import numpy as np
 
 from harness.parity.binding import Kernels
 from harness.parity.cases import Case, CaseSpec, Op
-from harness.parity.tolerances import ROTATORS
+from harness.parity.tolerances import ROTATORS, TILE_PATHS, TILE_QUERIES, TILE_ROWS
 from harness.progress import Progress
 from reference import codebook, rotation
 from reference import formats as ref
@@ -69,6 +69,69 @@ class CaseResult:
     stats_rows: int = 0
 
 
+def tile_dot_reference(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """dot(x_r, q_j) for rows x (rows x k float32) and queries q (nq x k float32) as the
+    library sums: float32 products into 8 lanes (lane l takes elements 8i + l), the lanes
+    reduced as ((0+4)+(2+6))+((1+5)+(3+7)), chunks of 512 floats added in order: nq x rows."""
+    rows, k = x.shape
+    total = np.zeros((q.shape[0], rows), np.float32)
+    for c in range(0, k, 512):
+        acc = np.zeros((q.shape[0], rows, 8), np.float32)
+        for i in range(c, min(c + 512, k), 8):
+            acc = acc + q[:, None, i : i + 8] * x[None, :, i : i + 8]
+        lane = [acc[..., m] for m in range(8)]
+        tree = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + (
+            (lane[1] + lane[5]) + (lane[3] + lane[7])
+        )
+        total = total + tree
+    return total
+
+
+def tile_mad_reference(x: np.ndarray, w: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """acc_j + w[j, r] * x_r for rows r in order, rows of weight 0 skipped, float32 (x: rows
+    x k, w: nq x rows, acc: nq x k)."""
+    out = acc.copy()
+    for r in range(x.shape[0]):
+        live = w[:, r] != 0.0
+        out[live] = out[live] + w[live, r, None] * x[r]
+    return out
+
+
+def _tile_mismatches(
+    kernels: Kernels, fmt: Format, blocks: np.ndarray, want: np.ndarray, seed: int
+) -> dict[str, np.ndarray]:
+    """Per-row mismatches of the tile dot (every row against TILE_QUERIES queries) and the
+    tile multiply-add (tiles of TILE_ROWS rows, one accumulator per tile and query) on each
+    path, against float32 arithmetic on the reference decode ``want``."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((TILE_QUERIES, fmt.block)).astype(np.float32)
+    dot_want = tile_dot_reference(want, q)
+    bad = {}
+    for path in TILE_PATHS:
+        got = kernels.tile(path, "dot", fmt, blocks, q)
+        bad[f"{path}-tile-dot"] = np.any(
+            (got.view(np.uint32) != dot_want.view(np.uint32))
+            & ~(np.isnan(got) & np.isnan(dot_want)),
+            axis=0,
+        )
+    mad_bad = {path: np.zeros(len(blocks), bool) for path in TILE_PATHS}
+    for t0 in range(0, len(blocks), TILE_ROWS):
+        t1 = min(t0 + TILE_ROWS, len(blocks))
+        w = rng.random((TILE_QUERIES, t1 - t0)).astype(np.float32)
+        w[rng.random(w.shape) < 0.25] = 0.0  # masked rows
+        acc = rng.standard_normal((TILE_QUERIES, fmt.block)).astype(np.float32)
+        expect = tile_mad_reference(want[t0:t1], w, acc)
+        for path in TILE_PATHS:
+            got = kernels.tile(path, "mad", fmt, blocks[t0:t1], w, acc)
+            same = (got.view(np.uint32) == expect.view(np.uint32)) | (
+                np.isnan(got) & np.isnan(expect)
+            )
+            if not same.all():
+                mad_bad[path][t0:t1] = True
+    bad.update({f"{path}-tile-mad": m for path, m in mad_bad.items()})
+    return bad
+
+
 def check_case(case: Case, kernels: Kernels, pool: ThreadPoolExecutor) -> CaseResult:
     """Run every native path on one case and compare it with the reference."""
     bad: dict[str, np.ndarray] = {}
@@ -104,6 +167,7 @@ def check_case(case: Case, kernels: Kernels, pool: ThreadPoolExecutor) -> CaseRe
                     got, want, nan_as_class=path.endswith("-fa")
                 )
                 max_err = max(max_err, _max_abs_error(got, want))
+            bad.update(_tile_mismatches(kernels, fmt, blocks, want, seed=len(blocks)))
             want_f16 = want.astype(np.float16).astype(np.float32)
             for path in kernels.f16_converters:
                 got = kernels.decode(path, fmt, blocks)

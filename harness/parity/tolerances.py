@@ -23,6 +23,12 @@ F16_CONVERSION = (
     "equals the reference decode rounded to fp16 (nearest-even, overflow to infinity), bit "
     "for bit; a NaN scale gives some NaN"
 )
+TILE_ORDER = (
+    "flash attention's decode over a tile of rows for a GQA group (tile-dot: K * Q, "
+    "tile-mad: P * V) equals float32 arithmetic on the reference decode in the library's "
+    "stated order (dot: 8 lanes, the lane tree, 512-float chunks; mad: one multiply, one add "
+    "per value, rows in order), bit for bit; NaN as a class"
+)
 TOLERANCES = {
     "decode": "bit-exact",
     "encode": "bit-exact",
@@ -30,6 +36,7 @@ TOLERANCES = {
     "flash-attention decode": FA_DECODE_NAN_AS_CLASS,
     "flash-attention fp16 levels": FA16_DECODE,
     "conversion to f16": F16_CONVERSION,
+    "tile dot and multiply-add": TILE_ORDER,
 }
 
 ENCODERS = ("scalar", "simd", "dispatch", "metal", "cuda")
@@ -40,3 +47,6 @@ F16_CONVERTERS = ("cuda-f16",)
 # Decoders of fp16 levels, checked against reference_fp16_levels; formats of at most 4 bits.
 FP16_DECODERS = ("cuda-fa16",)
 ROTATORS = ("scalar", "simd", "dispatch")
+TILE_PATHS = ("scalar", "simd", "dispatch")
+TILE_ROWS = 16  # rows per tile-mad call: ggml's GGML_FA_DECODE_TILE
+TILE_QUERIES = 3  # query heads per KV head (SmolLM2's GQA ratio; the AVX2 path takes 4 at a time)

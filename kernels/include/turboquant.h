@@ -77,6 +77,33 @@ TQ_API int tq_vec_dot_f32_simd(int bits, int n, const void *x, const float *y, i
                                float *out);
 
 /*
+ * How flash attention's decode reads a tile of a turbo KV cache for the query heads of one
+ * KV head (GQA) together: every row is decoded once for all nq queries. A tile is nrows rows
+ * of k values, row r at src + r * src_stride bytes (one head of a KV cache).
+ *
+ * tq_vec_dot_rows_f32: out[j * nrows + r] = dot(decode(row r), q + j * k), each dot summed
+ * in tq_vec_dot_f32's order, so it equals tq_vec_dot_f32 on that row bit for bit (K * Q).
+ *
+ * tq_vec_mad_rows_f32: acc[j * k + i] += w[j * nrows + r] * decode(row r)[i] for r in order,
+ * skipping rows whose weight is 0 (a masked row adds nothing, not 0 * inf), one float multiply
+ * then one add per value, no fused multiply-add: every path agrees bit for bit (P * V).
+ *
+ * Both return TQ_ERR_LENGTH for nrows < 0 or nq < 1 as well.
+ */
+TQ_API int tq_vec_dot_rows_f32(int bits, int n, const void *src, size_t src_stride, int64_t nrows,
+                               const float *q, int nq, int64_t k, float *out);
+TQ_API int tq_vec_dot_rows_f32_scalar(int bits, int n, const void *src, size_t src_stride,
+                                      int64_t nrows, const float *q, int nq, int64_t k, float *out);
+TQ_API int tq_vec_dot_rows_f32_simd(int bits, int n, const void *src, size_t src_stride,
+                                    int64_t nrows, const float *q, int nq, int64_t k, float *out);
+TQ_API int tq_vec_mad_rows_f32(int bits, int n, const void *src, size_t src_stride, int64_t nrows,
+                               const float *w, int nq, int64_t k, float *acc);
+TQ_API int tq_vec_mad_rows_f32_scalar(int bits, int n, const void *src, size_t src_stride,
+                                      int64_t nrows, const float *w, int nq, int64_t k, float *acc);
+TQ_API int tq_vec_mad_rows_f32_simd(int bits, int n, const void *src, size_t src_stride,
+                                    int64_t nrows, const float *w, int nq, int64_t k, float *acc);
+
+/*
  * In-place randomized Walsh-Hadamard rotation of k/n consecutive blocks of n (64 or 128)
  * floats. Returns TQ_OK, or an error code without touching x.
  */

@@ -511,6 +511,132 @@ INLINE void dot_blocks(int bits, const struct tq_codebook *cb, const uint8_t *sr
     *out = sum;
 }
 
+/* Up to 4 (G) of tq_dot_rows_decoded's dots of one row, row decoded once: for each query
+ * exactly dot_blocks' products, lanes, chunks and reduction, so bit-identical to it. out[j *
+ * ostride] takes query j's dot. */
+INLINE void dot_row_group(int bits, int G, const struct tq_codebook *cb, const struct lut *lv,
+                          const uint8_t *row, int64_t nblocks, const float *q, int64_t k,
+                          float *out, int64_t ostride)
+{
+    const int n = cb->n;
+    const int nlev = 1 << bits;
+    const size_t nbytes = tq_block_size(cb);
+    const int64_t per_chunk = TQ_DOT_CHUNK / n;
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t c = 0; c < nblocks; c += per_chunk) {
+        const int64_t end = c + per_chunk < nblocks ? c + per_chunk : nblocks;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (int64_t b = c; b < end; b++) {
+            const uint8_t *blk = row + (size_t)b * nbytes;
+            const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
+            const struct lut scaled = lut_scale(lv, nlev, d);
+            for (int g = 0; g < n / 8; g++) {
+                const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
+                for (int j = 0; j < G; j++) {
+                    const __m256 y = _mm256_loadu_ps(q + j * k + b * n + 8 * g);
+                    acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(x, y));
+                }
+            }
+        }
+        for (int j = 0; j < G; j++) {
+            const __m128 s4 =
+                _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
+            const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            sum[j] += _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        }
+    }
+    for (int j = 0; j < G; j++) {
+        out[j * ostride] = sum[j];
+    }
+}
+
+INLINE void dot_rows(int bits, const struct tq_codebook *cb, const struct tq_tile *t,
+                     const float *q, int nq, float *out)
+{
+    const struct lut lv = lut_load(cb->levels, 1 << bits);
+    const int64_t k = t->nblocks * cb->n;
+    for (int64_t r = 0; r < t->nrows; r++) {
+        const uint8_t *row = t->src + (size_t)r * t->stride;
+        int j = 0;
+        for (; j + 4 <= nq; j += 4) {
+            dot_row_group(bits, 4, cb, &lv, row, t->nblocks, q + j * k, k, out + j * t->nrows + r,
+                          t->nrows);
+        }
+        /* the constant G unrolls the query loop and keeps the accumulators in registers */
+        switch (nq - j) {
+        case 3:
+            dot_row_group(bits, 3, cb, &lv, row, t->nblocks, q + j * k, k, out + j * t->nrows + r,
+                          t->nrows);
+            break;
+        case 2:
+            dot_row_group(bits, 2, cb, &lv, row, t->nblocks, q + j * k, k, out + j * t->nrows + r,
+                          t->nrows);
+            break;
+        case 1:
+            dot_row_group(bits, 1, cb, &lv, row, t->nblocks, q + j * k, k, out + j * t->nrows + r,
+                          t->nrows);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* tq_mad_rows_decoded's sums without the buffer: each row decoded once, 8 values at a time,
+ * into every query's accumulator (the same d * C[k], one multiply and one add per value). */
+INLINE void mad_rows(int bits, const struct tq_codebook *cb, const struct tq_tile *t,
+                     const float *w, int nq, float *acc)
+{
+    const int n = cb->n;
+    const int nlev = 1 << bits;
+    const size_t nbytes = tq_block_size(cb);
+    const int64_t k = t->nblocks * n;
+    const struct lut lv = lut_load(cb->levels, nlev);
+    for (int64_t r = 0; r < t->nrows; r++) {
+        const uint8_t *row = t->src + (size_t)r * t->stride;
+        for (int64_t b = 0; b < t->nblocks; b++) {
+            const uint8_t *blk = row + (size_t)b * nbytes;
+            const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
+            const struct lut scaled = lut_scale(&lv, nlev, d);
+            for (int g = 0; g < n / 8; g++) {
+                const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
+                for (int j = 0; j < nq; j++) {
+                    const float wj = w[j * t->nrows + r];
+                    if (wj == 0.0f) {
+                        continue;
+                    }
+                    float *a = acc + j * k + b * n + 8 * g;
+                    _mm256_storeu_ps(
+                        a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(_mm256_set1_ps(wj), x)));
+                }
+            }
+        }
+    }
+}
+
+void tq_dot_rows_avx2(const struct tq_codebook *cb, const struct tq_tile *t, const float *q,
+                      int nq, float *out)
+{
+    switch (cb->bits) {
+    case 2: dot_rows(2, cb, t, q, nq, out); break;
+    case 3: dot_rows(3, cb, t, q, nq, out); break;
+    case 4: dot_rows(4, cb, t, q, nq, out); break;
+    default: dot_rows(5, cb, t, q, nq, out); break;
+    }
+}
+
+void tq_mad_rows_avx2(const struct tq_codebook *cb, const struct tq_tile *t, const float *w,
+                      int nq, float *acc)
+{
+    switch (cb->bits) {
+    case 2: mad_rows(2, cb, t, w, nq, acc); break;
+    case 3: mad_rows(3, cb, t, w, nq, acc); break;
+    case 4: mad_rows(4, cb, t, w, nq, acc); break;
+    default: mad_rows(5, cb, t, w, nq, acc); break;
+    }
+}
+
 void tq_dot_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src, const float *y,
                         int64_t nblocks, float *out)
 {

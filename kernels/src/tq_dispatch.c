@@ -6,34 +6,52 @@ typedef void (*dequantize_fn)(const struct tq_codebook *, const uint8_t *, float
 typedef void (*rotate_fn)(int, float *, int64_t, int);
 typedef void (*dot_fn)(const struct tq_codebook *, const uint8_t *, const float *, int64_t,
                        float *);
+typedef void (*rows_fn)(const struct tq_codebook *, const struct tq_tile *, const float *, int,
+                        float *);
 
-/* dot NULL: decode into a buffer with this path's dequantize, then dot (tq_dot.c). */
+/* dot, dot_rows, mad_rows NULL: decode into a buffer with this path's dequantize, then the
+ * float arithmetic of tq_dot.c. */
 struct simd_path {
     const char *name;
     quantize_fn quantize;
     dequantize_fn dequantize;
     rotate_fn rotate;
     dot_fn dot;
+    rows_fn dot_rows;
+    rows_fn mad_rows;
 };
 
-static const struct simd_path scalar_path = {"scalar", tq_quantize_blocks_scalar,
+static const struct simd_path scalar_path = {"scalar",
+                                             tq_quantize_blocks_scalar,
                                              tq_dequantize_blocks_scalar,
-                                             tq_rotate_blocks_scalar, NULL};
+                                             tq_rotate_blocks_scalar,
+                                             NULL,
+                                             NULL,
+                                             NULL};
 
 /* Chosen on every call rather than cached: the check is a load and a test, and a cache would
  * be mutable global state shared by threads. */
 static const struct simd_path *simd(void)
 {
 #if defined(TQ_HAVE_AVX2)
-    static const struct simd_path avx2 = {"avx2", tq_quantize_blocks_avx2,
-                                          tq_dequantize_blocks_avx2, tq_rotate_blocks_avx2,
-                                          tq_dot_blocks_avx2};
+    static const struct simd_path avx2 = {"avx2",
+                                          tq_quantize_blocks_avx2,
+                                          tq_dequantize_blocks_avx2,
+                                          tq_rotate_blocks_avx2,
+                                          tq_dot_blocks_avx2,
+                                          tq_dot_rows_avx2,
+                                          tq_mad_rows_avx2};
     if (__builtin_cpu_supports("avx2")) {
         return &avx2;
     }
 #elif defined(TQ_HAVE_NEON)
-    static const struct simd_path neon = {"neon", tq_quantize_blocks_neon,
-                                          tq_dequantize_blocks_neon, tq_rotate_blocks_neon, NULL};
+    static const struct simd_path neon = {"neon",
+                                          tq_quantize_blocks_neon,
+                                          tq_dequantize_blocks_neon,
+                                          tq_rotate_blocks_neon,
+                                          NULL,
+                                          NULL,
+                                          NULL};
     return &neon;
 #endif
     return &scalar_path;
@@ -94,6 +112,66 @@ static int vec_dot(const struct simd_path *path, int bits, int n, const void *x,
         }
     }
     return rc;
+}
+
+/* A tile of rows against nq queries (dot) or weights (mad): checked once for all rows. */
+static int rows(const struct simd_path *path, int mad, int bits, int n, const void *src,
+                size_t src_stride, int64_t nrows, const float *qw, int nq, int64_t k, float *out)
+{
+    const struct tq_codebook *cb;
+    const int rc = check_row(bits, n, k, &cb);
+    if (rc != TQ_OK) {
+        return rc;
+    }
+    if (nrows < 0 || nq < 1) {
+        return TQ_ERR_LENGTH;
+    }
+    const struct tq_tile t = {(const uint8_t *)src, src_stride, nrows, k / n};
+    const rows_fn fast = mad ? path->mad_rows : path->dot_rows;
+    if (fast != NULL) {
+        fast(cb, &t, qw, nq, out);
+    } else if (mad) {
+        tq_mad_rows_decoded(path->dequantize, cb, &t, qw, nq, out);
+    } else {
+        tq_dot_rows_decoded(path->dequantize, cb, &t, qw, nq, out);
+    }
+    return TQ_OK;
+}
+
+int tq_vec_dot_rows_f32(int bits, int n, const void *src, size_t src_stride, int64_t nrows,
+                        const float *q, int nq, int64_t k, float *out)
+{
+    return rows(simd(), 0, bits, n, src, src_stride, nrows, q, nq, k, out);
+}
+
+int tq_vec_dot_rows_f32_scalar(int bits, int n, const void *src, size_t src_stride, int64_t nrows,
+                               const float *q, int nq, int64_t k, float *out)
+{
+    return rows(&scalar_path, 0, bits, n, src, src_stride, nrows, q, nq, k, out);
+}
+
+int tq_vec_dot_rows_f32_simd(int bits, int n, const void *src, size_t src_stride, int64_t nrows,
+                             const float *q, int nq, int64_t k, float *out)
+{
+    return rows(simd(), 0, bits, n, src, src_stride, nrows, q, nq, k, out);
+}
+
+int tq_vec_mad_rows_f32(int bits, int n, const void *src, size_t src_stride, int64_t nrows,
+                        const float *w, int nq, int64_t k, float *acc)
+{
+    return rows(simd(), 1, bits, n, src, src_stride, nrows, w, nq, k, acc);
+}
+
+int tq_vec_mad_rows_f32_scalar(int bits, int n, const void *src, size_t src_stride, int64_t nrows,
+                               const float *w, int nq, int64_t k, float *acc)
+{
+    return rows(&scalar_path, 1, bits, n, src, src_stride, nrows, w, nq, k, acc);
+}
+
+int tq_vec_mad_rows_f32_simd(int bits, int n, const void *src, size_t src_stride, int64_t nrows,
+                             const float *w, int nq, int64_t k, float *acc)
+{
+    return rows(simd(), 1, bits, n, src, src_stride, nrows, w, nq, k, acc);
 }
 
 static int rotate(const struct simd_path *path, int n, float *x, int64_t k, int inverse)

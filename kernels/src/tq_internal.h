@@ -103,6 +103,20 @@ typedef void (*tq_dequantize_blocks_fn)(const struct tq_codebook *cb, const uint
 void tq_dot_blocks_decoded(tq_dequantize_blocks_fn decode, const struct tq_codebook *cb,
                            const uint8_t *src, const float *y, int64_t nblocks, float *out);
 
+/* A tile of rows read against nq queries (tq_vec_dot_rows_f32, tq_vec_mad_rows_f32): nrows
+ * rows of nblocks blocks, row r at src + r * stride bytes. The _decoded versions decode each
+ * row (a chunk at a time) into a buffer with the path's dequantize, once for all queries. */
+struct tq_tile {
+    const uint8_t *src;
+    size_t stride;
+    int64_t nrows;
+    int64_t nblocks;
+};
+void tq_dot_rows_decoded(tq_dequantize_blocks_fn decode, const struct tq_codebook *cb,
+                         const struct tq_tile *t, const float *q, int nq, float *out);
+void tq_mad_rows_decoded(tq_dequantize_blocks_fn decode, const struct tq_codebook *cb,
+                         const struct tq_tile *t, const float *w, int nq, float *acc);
+
 #if defined(TQ_HAVE_AVX2)
 void tq_quantize_blocks_avx2(const struct tq_codebook *cb, const float *y, uint8_t *dst,
                              int64_t nblocks);
@@ -111,6 +125,10 @@ void tq_dequantize_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src,
 void tq_rotate_blocks_avx2(int n, float *x, int64_t nblocks, int inverse);
 void tq_dot_blocks_avx2(const struct tq_codebook *cb, const uint8_t *src, const float *y,
                         int64_t nblocks, float *out);
+void tq_dot_rows_avx2(const struct tq_codebook *cb, const struct tq_tile *t, const float *q,
+                      int nq, float *out);
+void tq_mad_rows_avx2(const struct tq_codebook *cb, const struct tq_tile *t, const float *w,
+                      int nq, float *acc);
 #endif
 
 #if defined(TQ_HAVE_NEON)

@@ -136,6 +136,67 @@ static void check_decoders(const char *name, int bits, int n, const uint8_t *blo
     free(out);
 }
 
+/* Flash attention's decode over a tile (tq_vec_dot_rows_f32, tq_vec_mad_rows_f32): the SIMD
+ * and dispatching paths give the scalar path's floats bit for bit (a NaN matches any NaN),
+ * one block per row, 3 queries, multiply-adds over tiles of 16 rows with some weights 0. */
+#define TILE_Q 3
+#define TILE_ROWS 16
+static void check_tiles(const char *name, int bits, int n, const uint8_t *blocks, int64_t k)
+{
+    typedef int (*tile_fn)(int, int, const void *, size_t, int64_t, const float *, int, int64_t,
+                           float *);
+    static const tile_fn dots[3] = {tq_vec_dot_rows_f32_scalar, tq_vec_dot_rows_f32_simd,
+                                    tq_vec_dot_rows_f32};
+    static const tile_fn mads[3] = {tq_vec_mad_rows_f32_scalar, tq_vec_mad_rows_f32_simd,
+                                    tq_vec_mad_rows_f32};
+    const int64_t rows = k / n;
+    const size_t stride = tq_block_bytes(bits, n);
+    float *q = xmalloc(sizeof(float) * (size_t)(TILE_Q * n));
+    float w[TILE_Q * TILE_ROWS];
+    float acc[3][TILE_Q * TQ_MAX_BLOCK];
+    float *dot[3];
+    for (int i = 0; i < TILE_Q * n; i++) {
+        q[i] = (float)((i * 37) % 19) / 9.0f - 1.0f;
+    }
+    for (int i = 0; i < TILE_Q * TILE_ROWS; i++) {
+        w[i] = i % 5 == 0 ? 0.0f : (float)(i % 7) / 7.0f;
+    }
+    for (int p = 0; p < 3; p++) {
+        dot[p] = xmalloc(sizeof(float) * (size_t)(TILE_Q * rows));
+        if (dots[p](bits, n, blocks, stride, rows, q, TILE_Q, n, dot[p]) != TQ_OK) {
+            fail(name, "tile dot rejected a valid tile", p);
+        }
+    }
+    for (int p = 1; p < 3; p++) {
+        const int64_t at = first_float_mismatch(dot[p], dot[0], TILE_Q * rows, 1);
+        if (at >= 0) {
+            fail(name, p == 1 ? "tile dot simd" : "tile dot dispatch", at);
+        }
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += TILE_ROWS) {
+        const int64_t nt = rows - r0 < TILE_ROWS ? rows - r0 : TILE_ROWS;
+        for (int p = 0; p < 3; p++) {
+            for (int i = 0; i < TILE_Q * n; i++) {
+                acc[p][i] = (float)(i % 3);
+            }
+            if (mads[p](bits, n, blocks + (size_t)r0 * stride, stride, nt, w, TILE_Q, n,
+                        acc[p]) != TQ_OK) {
+                fail(name, "tile mad rejected a valid tile", p);
+            }
+        }
+        for (int p = 1; p < 3; p++) {
+            const int64_t at = first_float_mismatch(acc[p], acc[0], TILE_Q * n, 1);
+            if (at >= 0) {
+                fail(name, p == 1 ? "tile mad simd" : "tile mad dispatch", r0);
+            }
+        }
+    }
+    for (int p = 0; p < 3; p++) {
+        free(dot[p]);
+    }
+    free(q);
+}
+
 static void check_encoders(const char *name, int bits, int n, const float *y,
                            const uint8_t *expected, size_t nbytes, int64_t k)
 {
@@ -230,6 +291,7 @@ static int replay(const char *path)
                 check_encoders(name, (int)bits, (int)n, y, blocks, nbytes, k);
             }
             check_decoders(name, (int)bits, (int)n, blocks, decoded, k);
+            check_tiles(name, (int)bits, (int)n, blocks, k);
             free(y);
             free(blocks);
             free(decoded);
