@@ -501,10 +501,11 @@ def _depth_markdown(d: DepthReport, gate_file: GateFile) -> list[str]:
         f"Mean KLD ± one standard error at each context length, on the same text in this run "
         f"(each shorter context covers the same tokens as the longest). Scored positions per "
         f"number: {positions}. Errors are taken over windows, which spread 3-6 times more "
-        "than llama-perplexity's error over tokens says (over tokens only where a context "
-        f"has one window). Growth = KLD at c={long} / KLD at c={short} on the same tokens: "
-        f"each window of c={long} against the windows of c={short} inside the half it "
-        f"scores, the error a jackknife over the windows of c={long}.",
+        "than llama-perplexity's error over tokens says; over tokens (understated) where a "
+        f"context has fewer than {windows.MIN_WINDOWS} windows. Growth = KLD at c={long} / "
+        f"KLD at c={short} on the same tokens: each window of c={long} against the windows "
+        f"of c={short} inside the half it scores, the error a jackknife over the windows of "
+        f"c={long}.",
         "",
         "| config | "
         + " | ".join(f"KLD c={c}" for c in ctxs)

@@ -14,6 +14,10 @@ L with its KLD at a short one S on the same text. The scored tokens differ: the 
 of each window of L, and of each window of S. So each window of L is compared with the
 windows of S that lie inside the half it scores, on the same text, and the spread between
 regions of text cancels in the ratio; its error is a jackknife over the windows of L.
+
+An error over windows needs MIN_WINDOWS of them: from 2 it rests on one degree of freedom
+(SmolLM2's turbo4 at 8192: two windows 0.04849 and 0.04857, "± 0.00004"). With fewer, the
+error over tokens stands in, which understates it.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from collections.abc import Callable, Sequence
 
 from harness.llama_log import Estimate, RunResult
 
+MIN_WINDOWS = 3
+
 
 def over_windows(r: RunResult) -> Estimate | None:
     """Mean KLD of ``r`` (nats) with the standard error of the mean over its windows; None
-    with fewer than 2 windows."""
+    with fewer than MIN_WINDOWS windows."""
     w = r.kld_windows
-    if len(w) < 2:
+    if len(w) < MIN_WINDOWS:
         return None
     return Estimate(statistics.fmean(w), statistics.stdev(w) / math.sqrt(len(w)))
 
@@ -52,12 +58,12 @@ def _region(long: RunResult, short: RunResult) -> list[tuple[int, int]] | None:
     return out
 
 
-def _jackknife(stat: Callable[[Sequence[int]], float], n: int) -> Estimate:
-    """``stat`` over all n windows, with the jackknife standard error over leaving one out
-    (0 for one window: nothing to leave out)."""
+def _jackknife(stat: Callable[[Sequence[int]], float], n: int, fallback: float) -> Estimate:
+    """``stat`` over all n windows, with the jackknife standard error over leaving one out;
+    with fewer than MIN_WINDOWS windows, ``fallback`` (relative to the value) instead."""
     full = stat(range(n))
-    if n < 2:
-        return Estimate(full, 0.0)
+    if n < MIN_WINDOWS:
+        return Estimate(full, abs(full) * fallback)
     loo = [stat([i for i in range(n) if i != j]) for j in range(n)]
     mean = statistics.fmean(loo)
     return Estimate(full, math.sqrt((n - 1) / n * sum((x - mean) ** 2 for x in loo)))
@@ -74,18 +80,24 @@ def _growth_stat(
     return stat
 
 
+def _token_error(*runs: RunResult) -> float:
+    """The relative error over tokens of a ratio of these runs' mean KLDs, in quadrature."""
+    return math.hypot(*(r.kld.error / r.kld.value for r in runs if r.kld and r.kld.value > 0))
+
+
 def growth(long: RunResult, short: RunResult) -> Estimate | None:
     """KLD at ``long``'s context over KLD at ``short``'s on the same tokens (a ratio, no
-    unit), with its jackknife standard error over the long windows; None when the window
-    means are missing or do not line up (then the caller compares the plain means), or a
-    KLD sum is not positive (f16 against itself)."""
+    unit), with its jackknife standard error over the long windows (over tokens below
+    MIN_WINDOWS of them); None when the window means are missing or do not line up (then
+    the caller compares the plain means), or a KLD sum is not positive (f16 against
+    itself)."""
     region = _region(long, short)
     if region is None:
         return None
     means = [statistics.fmean(short.kld_windows[a:b]) for a, b in region]
     if min(means) <= 0 or sum(long.kld_windows) <= 0:
         return None
-    return _jackknife(_growth_stat(long, short, region), len(region))
+    return _jackknife(_growth_stat(long, short, region), len(region), _token_error(long, short))
 
 
 def growth_vs(
@@ -103,4 +115,5 @@ def growth_vs(
     ):
         return None
     mine, theirs = _growth_stat(long, short, region), _growth_stat(long_ref, short_ref, region)
-    return _jackknife(lambda ws: mine(ws) / theirs(ws), len(region))
+    fallback = _token_error(long, short, long_ref, short_ref)
+    return _jackknife(lambda ws: mine(ws) / theirs(ws), len(region), fallback)

@@ -307,9 +307,10 @@ def test_the_long_suite_runs_both_lengths_on_the_same_tokens_and_reports_growth(
     assert kld512["value"] == pytest.approx(0.1, rel=1e-4)
     assert kld512["error"] == pytest.approx(0.1 * 0.1 / 31**0.5, rel=1e-3)
     # on the same tokens: the 2 windows of 8192 at 1.26 x 1.1 and 1.26 x 0.9 of the 512-windows
-    # in their scored halves (0.1 on average), jackknifed
+    # in their scored halves (0.1 on average); 2 windows are too few for an error over
+    # windows, so llama-perplexity's 2 % over tokens stand in
     assert rows["turbo3"]["growth"]["value"] == pytest.approx(1.26, rel=1e-4)
-    assert rows["turbo3"]["growth"]["error"] == pytest.approx(1.26 * 0.1, rel=1e-3)
+    assert rows["turbo3"]["growth"]["error"] == pytest.approx(1.26 * 0.02 * 2**0.5, rel=1e-3)
     assert rows["turbo3"]["growth_vs_q4_0"]["value"] == pytest.approx(1.05, rel=1e-4)
     assert rows["q4_0"]["growth"]["value"] == pytest.approx(1.2, rel=1e-4)
     verdicts = {g["check"].split("(")[1].split(")")[0]: g["passed"] for g in depth["gates"]}
@@ -325,7 +326,7 @@ def test_the_long_suite_runs_both_lengths_on_the_same_tokens_and_reports_growth(
     assert md.index("## mine: KLD against context length") < md.index("## mine, c=512")
     assert "Scored positions per number: c=512: 8192, c=8192: 8192." in md
     assert re.search(
-        r"\| turbo3 \| 0\.10000 ± 0\.0017[89] \| 0\.12600 ± 0\.01260 \| 1\.260 ± 0\.126 ", md
+        r"\| turbo3 \| 0\.10000 ± 0\.0017[89] \| 0\.12600 ± 0\.00252 \| 1\.260 ± 0\.036 ", md
     )
     assert "![mean KLD against context length](kld-vs-ctx.png)" in md
 

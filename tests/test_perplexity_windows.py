@@ -63,16 +63,28 @@ def test_growth_pairs_each_long_window_with_the_short_windows_of_the_half_it_sco
     g = windows.growth(_run(2048, long), _run(512, short))
     assert g is not None
     assert g.value == pytest.approx(1.1)
-    assert g.error == pytest.approx(0.0, abs=1e-12)
     plain = statistics.fmean(long) / statistics.fmean(short)
     assert abs(plain - 1.1) > 0.5
 
 
 def test_the_jackknife_error_of_a_growth() -> None:
-    """Two long windows at 1.0x and 1.4x of their regions (both regions 0.5): growth 1.2,
-    jackknife error sqrt(1/2 x ((1.0 - 1.2)^2 + (1.4 - 1.2)^2)) = 0.2."""
-    g = windows.growth(_run(1024, [0.5, 0.7]), _run(512, [0.0, 0.5, 0.0, 0.5]))
-    assert g is not None and g.value == pytest.approx(1.2) and g.error == pytest.approx(0.2)
+    """Three long windows at 1.0x, 1.4x and 1.2x of their regions (all 0.5): growth 1.2;
+    leaving one out gives 1.3, 1.1, 1.2, so the error is sqrt(2/3 x 0.02) = 0.1155."""
+    g = windows.growth(_run(1024, [0.5, 0.7, 0.6]), _run(512, [0.0, 0.5] * 3))
+    assert g is not None and g.value == pytest.approx(1.2)
+    assert g.error == pytest.approx((2 / 3 * 0.02) ** 0.5)
+
+
+def test_below_three_windows_the_error_is_over_tokens() -> None:
+    """Two windows give one degree of freedom (SmolLM2's turbo4 at 8192: 0.04849 and 0.04857):
+    the error over tokens stands in, the relative errors in quadrature."""
+    long, short = _run(1024, [0.5, 0.7]), _run(512, [0.0, 0.5, 0.0, 0.5])
+    g = windows.growth(long, short)
+    assert g is not None and g.value == pytest.approx(1.2)
+    rel = ((0.001 / 0.6) ** 2 + (0.001 / 0.25) ** 2) ** 0.5
+    assert g.error == pytest.approx(1.2 * rel)
+    assert windows.over_windows(long) is None
+    assert windows.over_windows(_run(1024, [0.5, 0.7, 0.6])) is not None
 
 
 def test_windows_that_do_not_line_up_give_no_same_token_growth() -> None:
@@ -83,19 +95,17 @@ def test_windows_that_do_not_line_up_give_no_same_token_growth() -> None:
 
 
 def test_growth_against_q4_0_pairs_the_windows_of_both() -> None:
-    """turbo3 grows 1.2x on both windows, q4_0 1.0x on one and 1.5x on the other: the paired
-    ratio is the mean of the per-window-sum ratios, not one number divided by the other."""
-    short = [0.0, 0.2, 0.0, 0.4]
-    t3 = windows.growth_vs(
-        _run(1024, [0.24, 0.48]), _run(512, short), _run(1024, [0.2, 0.6]), _run(512, short)
-    )
+    """turbo3 grows 1.2x in each of 3 windows, q4_0 by 1.0x, 1.5x and 1.0x: the ratio of the
+    two growths, its error a jackknife of that ratio with the windows paired."""
+    short = [0.0, 0.2, 0.0, 0.4, 0.0, 0.3]
+    mine, ref = [0.24, 0.48, 0.36], [0.2, 0.6, 0.3]
+    t3 = windows.growth_vs(_run(1024, mine), _run(512, short), _run(1024, ref), _run(512, short))
     assert t3 is not None
-    assert t3.value == pytest.approx((0.72 / 0.6) / (0.8 / 0.6))
-    # leave out window 0: 1.2 / 1.5; leave out window 1: 1.2 / 1.0
-    loo = [1.2 / 1.5, 1.2 / 1.0]
-    assert t3.error == pytest.approx(
-        (0.5 * sum((x - statistics.fmean(loo)) ** 2 for x in loo)) ** 0.5
-    )
+    assert t3.value == pytest.approx((1.08 / 0.9) / (1.1 / 0.9))
+    # turbo3 is 1.2x in every window; leaving one out, q4_0 is 0.9/0.7, 0.5/0.5, 0.8/0.6
+    loo = [1.2 / (0.9 / 0.7), 1.2 / 1.0, 1.2 / (0.8 / 0.6)]
+    m = statistics.fmean(loo)
+    assert t3.error == pytest.approx((2 / 3 * sum((x - m) ** 2 for x in loo)) ** 0.5)
 
 
 def test_the_growth_gate_reads_the_same_token_growth(tmp_path: Path) -> None:
