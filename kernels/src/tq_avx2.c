@@ -584,33 +584,70 @@ INLINE void dot_rows(int bits, const struct tq_codebook *cb, const struct tq_til
 }
 
 /* tq_mad_rows_decoded's sums without the buffer: each row decoded once, 8 values at a time,
- * into every query's accumulator (the same d * C[k], one multiply and one add per value). */
-INLINE void mad_rows(int bits, const struct tq_codebook *cb, const struct tq_tile *t,
-                     const float *w, int nq, float *acc)
+ * into every query's accumulator (the same d * C[k], one multiply and one add per value).
+ * The weights are broadcast once per row, and a row every query gives weight 0 is not read;
+ * queries go 4 at a time (G) so that their weights stay in registers. */
+INLINE void mad_row_group(int bits, int G, const struct tq_codebook *cb, const struct lut *lv,
+                          const uint8_t *row, int64_t nblocks, const float *w, int64_t wstride,
+                          float *acc, int64_t k)
 {
     const int n = cb->n;
     const int nlev = 1 << bits;
     const size_t nbytes = tq_block_size(cb);
-    const int64_t k = t->nblocks * n;
-    const struct lut lv = lut_load(cb->levels, nlev);
-    for (int64_t r = 0; r < t->nrows; r++) {
-        const uint8_t *row = t->src + (size_t)r * t->stride;
-        for (int64_t b = 0; b < t->nblocks; b++) {
-            const uint8_t *blk = row + (size_t)b * nbytes;
-            const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
-            const struct lut scaled = lut_scale(&lv, nlev, d);
-            for (int g = 0; g < n / 8; g++) {
-                const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
-                for (int j = 0; j < nq; j++) {
-                    const float wj = w[j * t->nrows + r];
-                    if (wj == 0.0f) {
-                        continue;
-                    }
+    __m256 wv[4];
+    int live[4];
+    int any = 0;
+    for (int j = 0; j < G; j++) {
+        live[j] = w[j * wstride] != 0.0f;
+        wv[j] = _mm256_set1_ps(w[j * wstride]);
+        any |= live[j];
+    }
+    if (!any) {
+        return;
+    }
+    for (int64_t b = 0; b < nblocks; b++) {
+        const uint8_t *blk = row + (size_t)b * nbytes;
+        const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
+        const struct lut scaled = lut_scale(lv, nlev, d);
+        for (int g = 0; g < n / 8; g++) {
+            const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
+            for (int j = 0; j < G; j++) {
+                if (live[j]) {
                     float *a = acc + j * k + b * n + 8 * g;
-                    _mm256_storeu_ps(
-                        a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(_mm256_set1_ps(wj), x)));
+                    _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(wv[j], x)));
                 }
             }
+        }
+    }
+}
+
+INLINE void mad_rows(int bits, const struct tq_codebook *cb, const struct tq_tile *t,
+                     const float *w, int nq, float *acc)
+{
+    const struct lut lv = lut_load(cb->levels, 1 << bits);
+    const int64_t k = t->nblocks * cb->n;
+    for (int64_t r = 0; r < t->nrows; r++) {
+        const uint8_t *row = t->src + (size_t)r * t->stride;
+        int j = 0;
+        for (; j + 4 <= nq; j += 4) {
+            mad_row_group(bits, 4, cb, &lv, row, t->nblocks, w + j * t->nrows + r, t->nrows,
+                          acc + j * k, k);
+        }
+        switch (nq - j) {
+        case 3:
+            mad_row_group(bits, 3, cb, &lv, row, t->nblocks, w + j * t->nrows + r, t->nrows,
+                          acc + j * k, k);
+            break;
+        case 2:
+            mad_row_group(bits, 2, cb, &lv, row, t->nblocks, w + j * t->nrows + r, t->nrows,
+                          acc + j * k, k);
+            break;
+        case 1:
+            mad_row_group(bits, 1, cb, &lv, row, t->nblocks, w + j * t->nrows + r, t->nrows,
+                          acc + j * k, k);
+            break;
+        default:
+            break;
         }
     }
 }
