@@ -69,10 +69,16 @@ def _jackknife(stat: Callable[[Sequence[int]], float], n: int, fallback: float) 
     return Estimate(full, math.sqrt((n - 1) / n * sum((x - mean) ** 2 for x in loo)))
 
 
-def _growth_stat(
-    long: RunResult, short: RunResult, region: list[tuple[int, int]]
-) -> Callable[[Sequence[int]], float]:
+def _growth_stat(long: RunResult, short: RunResult) -> Callable[[Sequence[int]], float] | None:
+    """The same-token growth of the long windows ``ws``: their KLD sum over the sum of the
+    mean KLD of the short windows inside their scored halves; None when the windows do not
+    line up or a sum cannot be positive (f16 against itself)."""
+    region = _region(long, short)
+    if region is None:
+        return None
     means = [statistics.fmean(short.kld_windows[a:b]) for a, b in region]
+    if min(means) <= 0 or sum(long.kld_windows) <= 0:
+        return None
 
     def stat(ws: Sequence[int]) -> float:
         return sum(long.kld_windows[w] for w in ws) / sum(means[w] for w in ws)
@@ -91,13 +97,10 @@ def growth(long: RunResult, short: RunResult) -> Estimate | None:
     MIN_WINDOWS of them); None when the window means are missing or do not line up (then
     the caller compares the plain means), or a KLD sum is not positive (f16 against
     itself)."""
-    region = _region(long, short)
-    if region is None:
+    stat = _growth_stat(long, short)
+    if stat is None:
         return None
-    means = [statistics.fmean(short.kld_windows[a:b]) for a, b in region]
-    if min(means) <= 0 or sum(long.kld_windows) <= 0:
-        return None
-    return _jackknife(_growth_stat(long, short, region), len(region), _token_error(long, short))
+    return _jackknife(stat, len(long.kld_windows), _token_error(long, short))
 
 
 def growth_vs(
@@ -105,15 +108,9 @@ def growth_vs(
 ) -> Estimate | None:
     """growth(long, short) / growth(long_ref, short_ref), windows paired (the reference,
     q4_0 for the growth gates, ran on the same windows), with its jackknife standard error;
-    None where either growth is."""
-    region, region_ref = _region(long, short), _region(long_ref, short_ref)
-    if (
-        region is None
-        or region != region_ref
-        or growth(long, short) is None
-        or growth(long_ref, short_ref) is None
-    ):
+    None where either growth is or the two runs' windows differ."""
+    mine, theirs = _growth_stat(long, short), _growth_stat(long_ref, short_ref)
+    if mine is None or theirs is None or _region(long, short) != _region(long_ref, short_ref):
         return None
-    mine, theirs = _growth_stat(long, short, region), _growth_stat(long_ref, short_ref, region)
     fallback = _token_error(long, short, long_ref, short_ref)
-    return _jackknife(lambda ws: mine(ws) / theirs(ws), len(region), fallback)
+    return _jackknife(lambda ws: mine(ws) / theirs(ws), len(long.kld_windows), fallback)
