@@ -551,6 +551,22 @@ INLINE void dot_row_group(int bits, int G, const struct tq_codebook *cb, const s
     }
 }
 
+/* Calls F(G, j) for queries j .. j+G-1 of nq: groups of 4, then the rest as one group, each
+ * G a constant so that the group's loop unrolls and its accumulators stay in registers. */
+#define QUERY_GROUPS(nq, F)                                                                   \
+    do {                                                                                      \
+        int j_ = 0;                                                                           \
+        for (; j_ + 4 <= (nq); j_ += 4) {                                                     \
+            F(4, j_);                                                                         \
+        }                                                                                     \
+        switch ((nq) - j_) {                                                                  \
+        case 3: F(3, j_); break;                                                              \
+        case 2: F(2, j_); break;                                                              \
+        case 1: F(1, j_); break;                                                              \
+        default: break;                                                                       \
+        }                                                                                     \
+    } while (0)
+
 INLINE void dot_rows(int bits, const struct tq_codebook *cb, const struct tq_tile *t,
                      const float *q, int nq, float *out)
 {
@@ -558,28 +574,11 @@ INLINE void dot_rows(int bits, const struct tq_codebook *cb, const struct tq_til
     const int64_t k = t->nblocks * cb->n;
     for (int64_t r = 0; r < t->nrows; r++) {
         const uint8_t *row = t->src + (size_t)r * t->stride;
-        int j = 0;
-        for (; j + 4 <= nq; j += 4) {
-            dot_row_group(bits, 4, cb, &lv, row, t->nblocks, q + j * k, k, out + j * t->nrows + r,
-                          t->nrows);
-        }
-        /* the constant G unrolls the query loop and keeps the accumulators in registers */
-        switch (nq - j) {
-        case 3:
-            dot_row_group(bits, 3, cb, &lv, row, t->nblocks, q + j * k, k, out + j * t->nrows + r,
-                          t->nrows);
-            break;
-        case 2:
-            dot_row_group(bits, 2, cb, &lv, row, t->nblocks, q + j * k, k, out + j * t->nrows + r,
-                          t->nrows);
-            break;
-        case 1:
-            dot_row_group(bits, 1, cb, &lv, row, t->nblocks, q + j * k, k, out + j * t->nrows + r,
-                          t->nrows);
-            break;
-        default:
-            break;
-        }
+#define DOT_GROUP(G, j)                                                                        \
+    dot_row_group(bits, G, cb, &lv, row, t->nblocks, q + (j) * k, k, out + (j) * t->nrows + r, \
+                  t->nrows)
+        QUERY_GROUPS(nq, DOT_GROUP);
+#undef DOT_GROUP
     }
 }
 
@@ -628,29 +627,15 @@ INLINE void mad_rows(int bits, const struct tq_codebook *cb, const struct tq_til
     const int64_t k = t->nblocks * cb->n;
     for (int64_t r = 0; r < t->nrows; r++) {
         const uint8_t *row = t->src + (size_t)r * t->stride;
-        int j = 0;
-        for (; j + 4 <= nq; j += 4) {
-            mad_row_group(bits, 4, cb, &lv, row, t->nblocks, w + j * t->nrows + r, t->nrows,
-                          acc + j * k, k);
-        }
-        switch (nq - j) {
-        case 3:
-            mad_row_group(bits, 3, cb, &lv, row, t->nblocks, w + j * t->nrows + r, t->nrows,
-                          acc + j * k, k);
-            break;
-        case 2:
-            mad_row_group(bits, 2, cb, &lv, row, t->nblocks, w + j * t->nrows + r, t->nrows,
-                          acc + j * k, k);
-            break;
-        case 1:
-            mad_row_group(bits, 1, cb, &lv, row, t->nblocks, w + j * t->nrows + r, t->nrows,
-                          acc + j * k, k);
-            break;
-        default:
-            break;
-        }
+#define MAD_GROUP(G, j)                                                                        \
+    mad_row_group(bits, G, cb, &lv, row, t->nblocks, w + (j) * t->nrows + r, t->nrows,         \
+                  acc + (j) * k, k)
+        QUERY_GROUPS(nq, MAD_GROUP);
+#undef MAD_GROUP
     }
 }
+
+#undef QUERY_GROUPS
 
 void tq_dot_rows_avx2(const struct tq_codebook *cb, const struct tq_tile *t, const float *q,
                       int nq, float *out)
