@@ -67,6 +67,14 @@ INLINE struct lut lut_scale(const struct lut *t, int count, __m256 d)
     return scaled;
 }
 
+/* The levels of block blk times its scale d, d * C[k] for every level: the same float
+ * multiply as the scalar path, once per block, so decoding becomes a table lookup. */
+INLINE struct lut block_lut(const struct lut *levels, int count, const uint8_t *blk)
+{
+    return lut_scale(levels, count,
+                     _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8))));
+}
+
 INLINE __m256d lo_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
 INLINE __m256d hi_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
 
@@ -470,10 +478,7 @@ INLINE void dequantize_blocks(int bits, const struct tq_codebook *cb, const uint
 
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *blk = src + (size_t)b * nbytes;
-        /* d * C[k] for every level once per block: the same float multiply as the scalar
-         * path, so decoding becomes a table lookup. */
-        const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
-        const struct lut scaled = lut_scale(&lv, nlev, d);
+        const struct lut scaled = block_lut(&lv, nlev, blk);
         for (int g = 0; g < n / 8; g++) {
             _mm256_storeu_ps(y + b * n + 8 * g, lut_get(&scaled, nlev, indices8(bits, n, blk, g)));
         }
@@ -496,8 +501,7 @@ INLINE void dot_blocks(int bits, const struct tq_codebook *cb, const uint8_t *sr
         __m256 acc = _mm256_setzero_ps();
         for (int64_t b = c; b < end; b++) {
             const uint8_t *blk = src + (size_t)b * nbytes;
-            const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
-            const struct lut scaled = lut_scale(&lv, nlev, d);
+            const struct lut scaled = block_lut(&lv, nlev, blk);
             for (int g = 0; g < n / 8; g++) {
                 const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(x, _mm256_loadu_ps(y + b * n + 8 * g)));
@@ -529,8 +533,7 @@ INLINE void dot_row_group(int bits, int G, const struct tq_codebook *cb, const s
                          _mm256_setzero_ps()};
         for (int64_t b = c; b < end; b++) {
             const uint8_t *blk = row + (size_t)b * nbytes;
-            const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
-            const struct lut scaled = lut_scale(lv, nlev, d);
+            const struct lut scaled = block_lut(lv, nlev, blk);
             for (int g = 0; g < n / 8; g++) {
                 const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
                 for (int j = 0; j < G; j++) {
@@ -606,8 +609,7 @@ INLINE void mad_row_group(int bits, int G, const struct tq_codebook *cb, const s
     }
     for (int64_t b = 0; b < nblocks; b++) {
         const uint8_t *blk = row + (size_t)b * nbytes;
-        const __m256 d = _mm256_set1_ps(tq_half_to_float((uint16_t)(blk[0] | blk[1] << 8)));
-        const struct lut scaled = lut_scale(lv, nlev, d);
+        const struct lut scaled = block_lut(lv, nlev, blk);
         for (int g = 0; g < n / 8; g++) {
             const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
             for (int j = 0; j < G; j++) {
