@@ -2,7 +2,9 @@
 
 Machines are noisy, so absolute tokens/s mean little; the ratios come from llama-bench runs
 interleaved configuration by configuration (f16, q8_0, ..., then again), one repetition
-each, and each number is the median over the rounds (the spread is printed beside it). A
+each at depth (where llama-bench fills the cache again for every repetition) and
+``BenchPlan.reps_at_depth0`` at depth 0 (a test of about 0.1 s, where one repetition is mostly
+noise), and each number is the median over the rounds (the spread is printed beside it). A
 configuration is a K and a V type (``turbo3`` or ``q8_0/turbo3``). KV bytes per token come
 from llama.cpp's own log line (``llama_kv_cache: size = ... K (type): x MiB, V (type): y
 MiB``), not from nominal bits. On a GPU backend every layer is offloaded (-ngl 99).
@@ -50,9 +52,10 @@ DEFAULT_CONFIGS = "f16,q8_0,q4_0,turbo3,turbo4"
 @dataclass(frozen=True)
 class BenchPlan:
     """One bench run: the model, the KV configurations (f16 first), KV depths in tokens,
-    prompt and generated tokens per test (pp/tg), interleaved rounds, CPU threads, the
-    layers offloaded to a GPU (-ngl; None on the CPU) and more environment for llama-bench
-    (a peer's switches)."""
+    prompt and generated tokens per test (pp/tg), interleaved rounds, llama-bench's own
+    repetitions at depth 0 (their mean is the round's t/s; 1 at every other depth), CPU
+    threads, the layers offloaded to a GPU (-ngl; None on the CPU) and more environment for
+    llama-bench (a peer's switches)."""
 
     model: Path
     configs: tuple[CacheConfig, ...] = CacheConfig.parse_list(DEFAULT_CONFIGS)
@@ -60,6 +63,7 @@ class BenchPlan:
     n_prompt: int = 512
     n_gen: int = 128
     rounds: int = 3
+    reps_at_depth0: int = 5
     threads: int = 2
     gpu_layers: int | None = None
     env: tuple[tuple[str, str], ...] = ()
@@ -81,48 +85,60 @@ class TypeResult:
         return statistics.median(self.speed[key])
 
 
+def _depth_groups(plan: BenchPlan) -> list[tuple[tuple[int, ...], int]]:
+    """The llama-bench calls of one configuration: (depths, repetitions) each."""
+    deep = tuple(d for d in plan.depths if d != 0)
+    groups = [((0,), plan.reps_at_depth0)] if 0 in plan.depths else []
+    return groups + ([(deep, 1)] if deep else [])
+
+
 def _run_one(bench: Path, plan: BenchPlan, cfg: CacheConfig, log: Path) -> tuple[list[dict], str]:
     offload = [] if plan.gpu_layers is None else ["-ngl", str(plan.gpu_layers)]
-    out = proc.run(
-        [
-            bench,
-            "-m",
-            plan.model,
-            "-p",
-            str(plan.n_prompt),
-            "-n",
-            str(plan.n_gen),
-            "-d",
-            ",".join(str(d) for d in plan.depths),
-            "-r",
-            "1",
-            "-fa",
-            "1",
-            "-t",
-            str(plan.threads),
-            "-ctk",
-            cfg.k,
-            "-ctv",
-            cfg.v,
-            *offload,
-            "-o",
-            "jsonl",
-            "-v",
-        ],
-        log=log,
-        env=dict(plan.env) or None,
-        what=f"llama-bench {cfg.name}",
-        quiet=True,
-    ).output
-    # -v sends llama.cpp's log (the KV line) to stderr, which the wrapper merges with stdout;
-    # jsonl keeps each result on one line of its own, so the two cannot tangle.
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"build_commit"')]
-    if len(rows) != 2 * len(plan.depths):
-        raise CommandFailed(
-            f"llama-bench {cfg.name}: expected {2 * len(plan.depths)} results, "
-            f"read {len(rows)} (log: {log})"
-        )
-    return rows, out
+    rows: list[dict] = []
+    outs = []
+    for depths, reps in _depth_groups(plan):
+        out = proc.run(
+            [
+                bench,
+                "-m",
+                plan.model,
+                "-p",
+                str(plan.n_prompt),
+                "-n",
+                str(plan.n_gen),
+                "-d",
+                ",".join(str(d) for d in depths),
+                "-r",
+                str(reps),
+                "-fa",
+                "1",
+                "-t",
+                str(plan.threads),
+                "-ctk",
+                cfg.k,
+                "-ctv",
+                cfg.v,
+                *offload,
+                "-o",
+                "jsonl",
+                "-v",
+            ],
+            log=log,
+            env=dict(plan.env) or None,
+            what=f"llama-bench {cfg.name}",
+            quiet=True,
+        ).output
+        # -v sends llama.cpp's log (the KV line) to stderr, which the wrapper merges with
+        # stdout; jsonl keeps each result on one line of its own, so the two cannot tangle.
+        got = [json.loads(line) for line in out.splitlines() if line.startswith('{"build_commit"')]
+        if len(got) != 2 * len(depths):
+            raise CommandFailed(
+                f"llama-bench {cfg.name}: expected {2 * len(depths)} results at depths "
+                f"{depths}, read {len(got)} (log: {log})"
+            )
+        rows += got
+        outs.append(out)
+    return rows, "".join(outs)
 
 
 CONTEXT_START = "llama_context: constructing llama_context"

@@ -158,3 +158,15 @@ def test_plot_draws_median_speed_against_depth_for_every_side(
     assert ("f16", [0, 4096], [130.0, 47.0], "-") in decode
     assert ("fork: turbo3", [0, 4096], [100.0, 3.3], "--") in decode
     assert len(drawn) == 6  # 3 lines (f16, turbo3, the fork's turbo3) in each of 2 panels
+
+
+def test_depth_zero_is_repeated_and_deeper_tests_run_once() -> None:
+    """At depth 0 a test lasts about 0.1 s on the CPU, so one repetition is mostly noise;
+    at depth llama-bench refills the cache for every repetition, so one is what is paid."""
+    plan = bench.BenchPlan(model=Path("m.gguf"), depths=(0, 4096, 16384))
+    assert bench._depth_groups(plan) == [((0,), plan.reps_at_depth0), ((4096, 16384), 1)]
+    assert plan.reps_at_depth0 > 1
+    deep = bench.BenchPlan(model=Path("m.gguf"), depths=(8192,))
+    assert bench._depth_groups(deep) == [((8192,), 1)]
+    shallow = bench.BenchPlan(model=Path("m.gguf"), depths=(0,))
+    assert bench._depth_groups(shallow) == [((0,), plan.reps_at_depth0)]
