@@ -170,3 +170,18 @@ def test_depth_zero_is_repeated_and_deeper_tests_run_once() -> None:
     assert bench._depth_groups(deep) == [((8192,), 1)]
     shallow = bench.BenchPlan(model=Path("m.gguf"), depths=(0,))
     assert bench._depth_groups(shallow) == [((0,), plan.reps_at_depth0)]
+
+
+def test_cpu_targets_are_issue_13s() -> None:
+    """Decode >= 1.0x f16 at 4096 and >= 1.1x at 16384, prompt >= 0.95x at every depth."""
+    plan = bench.BenchPlan(
+        model=Path("m.gguf"), configs=CacheConfig.parse_list("f16,turbo4"), depths=(16384,)
+    )
+    results = {
+        "f16": _result("f16", "f16", 1000, pp_16384=[100.0, 100.0], tg_16384=[40.0, 40.0]),
+        "turbo4": _result("turbo4", "turbo4", 257, pp_16384=[90.0, 92.0], tg_16384=[46.0, 46.8]),
+    }
+    text, missed = bench.table(results, plan, "cpu")
+    row = next(line for line in text.splitlines() if line.startswith("| turbo4 |"))
+    assert "meets 1.1" in row  # tg: 46/40 = 1.15, 46.8/40 = 1.17
+    assert missed == ["turbo4 pp at depth 16384: 0.91x f16 < 0.95"]
