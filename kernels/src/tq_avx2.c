@@ -678,38 +678,62 @@ INLINE void dot_rows(int bits, const struct tq_codebook *cb, const struct tq_til
     }
 }
 
-/* tq_mad_rows_decoded's sums without the buffer: each row decoded once, 8 values at a time,
- * into every query's accumulator (the same d * C[k], one multiply and one add per value).
- * The weights are broadcast once per row, and a row every query gives weight 0 is not read;
- * queries go 4 at a time (G) so that their weights stay in registers. */
-INLINE void mad_row_group(int bits, int G, const struct tq_codebook *cb, const struct lut *lv,
-                          const uint8_t *row, int64_t nblocks, const float *w, int64_t wstride,
-                          float *acc, int64_t k)
+/* tq_mad_rows_decoded's sums without the buffer, rows innermost: for each 8 values of a
+ * block, the G queries' 8 accumulators stay in registers while the rows of the tile add
+ * w * value into them in row order (the same one multiply and one add per value, a query's
+ * zero-weight rows skipped), so no accumulator is loaded and stored per row. Rows go
+ * MAD_ROWS at a time, their scaled levels and broadcast weights prepared once per block. */
+#define MAD_ROWS 16
+
+INLINE void mad_slices(int bits, int G, const struct tq_codebook *cb, const struct lut *lv,
+                       const struct tq_tile *t, int64_t r0, int nr, const float *w,
+                       float *acc, int64_t k)
 {
     const int n = cb->n;
     const int nlev = 1 << bits;
     const size_t nbytes = tq_block_size(cb);
-    __m256 wv[4];
-    int live[4];
-    int any = 0;
-    for (int j = 0; j < G; j++) {
-        live[j] = w[j * wstride] != 0.0f;
-        wv[j] = _mm256_set1_ps(w[j * wstride]);
-        any |= live[j];
+    int64_t rows[MAD_ROWS];
+    __m256 wv[MAD_ROWS][4];
+    int live[MAD_ROWS][4];
+    int count = 0;
+    for (int i = 0; i < nr; i++) {
+        int any = 0;
+        for (int j = 0; j < G; j++) {
+            const float wj = w[j * t->nrows + r0 + i];
+            live[count][j] = wj != 0.0f;
+            wv[count][j] = _mm256_set1_ps(wj);
+            any |= live[count][j];
+        }
+        if (any) {
+            rows[count++] = r0 + i;
+        }
     }
-    if (!any) {
+    if (count == 0) {
         return;
     }
-    for (int64_t b = 0; b < nblocks; b++) {
-        const uint8_t *blk = row + (size_t)b * nbytes;
-        const struct lut scaled = block_lut(lv, nlev, blk);
+    for (int64_t b = 0; b < t->nblocks; b++) {
+        const uint8_t *blk[MAD_ROWS];
+        struct lut scaled[MAD_ROWS];
+        for (int i = 0; i < count; i++) {
+            blk[i] = t->src + (size_t)rows[i] * t->stride + (size_t)b * nbytes;
+            scaled[i] = block_lut(lv, nlev, blk[i]);
+        }
         for (int g = 0; g < n / 8; g++) {
-            const __m256 x = lut_get(&scaled, nlev, indices8(bits, n, blk, g));
+            float *a0 = acc + b * n + 8 * g;
+            __m256 a[4];
             for (int j = 0; j < G; j++) {
-                if (live[j]) {
-                    float *a = acc + j * k + b * n + 8 * g;
-                    _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(wv[j], x)));
+                a[j] = _mm256_loadu_ps(a0 + j * k);
+            }
+            for (int i = 0; i < count; i++) {
+                const __m256 x = lut_get(&scaled[i], nlev, indices8(bits, n, blk[i], g));
+                for (int j = 0; j < G; j++) {
+                    if (live[i][j]) {
+                        a[j] = _mm256_add_ps(a[j], _mm256_mul_ps(wv[i][j], x));
+                    }
                 }
+            }
+            for (int j = 0; j < G; j++) {
+                _mm256_storeu_ps(a0 + j * k, a[j]);
             }
         }
     }
@@ -720,11 +744,9 @@ INLINE void mad_rows(int bits, const struct tq_codebook *cb, const struct tq_til
 {
     const struct lut lv = lut_load(cb->levels, 1 << bits);
     const int64_t k = t->nblocks * cb->n;
-    for (int64_t r = 0; r < t->nrows; r++) {
-        const uint8_t *row = t->src + (size_t)r * t->stride;
-#define MAD_GROUP(G, j)                                                                        \
-    mad_row_group(bits, G, cb, &lv, row, t->nblocks, w + (j) * t->nrows + r, t->nrows,         \
-                  acc + (j) * k, k)
+    for (int64_t r0 = 0; r0 < t->nrows; r0 += MAD_ROWS) {
+        const int nr = t->nrows - r0 < MAD_ROWS ? (int)(t->nrows - r0) : MAD_ROWS;
+#define MAD_GROUP(G, j) mad_slices(bits, G, cb, &lv, t, r0, nr, w + (j) * t->nrows, acc + (j) * k, k)
         QUERY_GROUPS(nq, MAD_GROUP);
 #undef MAD_GROUP
     }
