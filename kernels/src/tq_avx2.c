@@ -315,7 +315,9 @@ INLINE void plan_block(int bits, const struct quant_tables *qt, double gamma,
         UNROLL for (int m = half; m < nlev - 1; m += 4) {
             const __m128 t = thresholds4(qt->mid + m, gamma4, inv4, gamma, inv);
             _mm_storeu_ps(plan->thr + m, t);
-            exact |= _mm256_movemask_pd(lands_exactly(t, qt->mid + m, inv4));
+            if (bits >= 4) {
+                exact |= _mm256_movemask_pd(lands_exactly(t, qt->mid + m, inv4));
+            }
         }
         /* Up to 3 bits counting 1-7 thresholds beats the magnitude's extra steps
          * (tq_bench: turbo2 -10 %, turbo3 -3 %; turbo4 +10 %, turbo5 +35 %). */
