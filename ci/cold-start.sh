@@ -5,7 +5,7 @@
 # environment, an empty pip cache, an empty harness cache (ccache, upstream, models, text,
 # base logits) and a build directory of its own, then `python -m pip install nox && nox`,
 # timed. Prints the time of each nox session and the whole; the run's folder (a few GB) is
-# removed unless KEEP=1. docs/measurements.md has the last result (12:16 on 2 cores).
+# removed unless KEEP=1. docs/measurements.md has the last result (14:41 on 2 cores).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
