@@ -29,16 +29,8 @@ INLINE struct lut lut_load(const float *values, int count)
         t.r[r] = _mm256_setzero_ps();
     }
     if (count < 8) {
-        /* 2 entries (the positive half of turbo2's levels) are 8 bytes: read no further */
-        __m128 low = _mm_setzero_ps();
-        if (count == 2) {
-            int64_t two;
-            memcpy(&two, values, sizeof two);
-            low = _mm_castsi128_ps(_mm_cvtsi64_si128(two));
-        } else {
-            low = _mm_loadu_ps(values);
-        }
-        t.r[0] = _mm256_insertf128_ps(_mm256_castps128_ps256(low), _mm_setzero_ps(), 1);
+        t.r[0] = _mm256_castps128_ps256(_mm_loadu_ps(values));
+        t.r[0] = _mm256_insertf128_ps(t.r[0], _mm_setzero_ps(), 1);
     } else {
         for (int r = 0; r < count / 8; r++) {
             t.r[r] = _mm256_loadu_ps(values + 8 * r);
@@ -192,9 +184,14 @@ INLINE __m128 thresholds4(const double *mid, __m256d gamma, __m256d inv, double 
 /* The codebook as the quantizer reads it: midpoints padded to a multiple of 4 with copies
  * of the last one, in natural order for counting and, for 5 bits, in binary-search order:
  * level L (s = 16 >> L) compares with mid[j * 2s + s - 1], j = (index so far) >> (5 - L). */
+/* The widths that take PLAN_MAGNITUDE: up to 3 bits counting 1-7 thresholds beats the
+ * magnitude search's extra steps (tq_bench: turbo2 -10 %, turbo3 -3 %; turbo4 +10 %,
+ * turbo5 +35 %). */
+#define MAGNITUDE_MIN_BITS 4
+
 struct quant_tables {
     struct lut levels;
-    struct lut upper; /* levels nlev/2 .. nlev-1, the positive half */
+    struct lut upper; /* levels nlev/2 .. nlev-1, the positive half (PLAN_MAGNITUDE only) */
     uint8_t zero_idx;
     int symmetric; /* mid[nlev - 2 - j] == -mid[j] and C[nlev - 1 - j] == -C[j] exactly */
     double mid[TQ_MAX_LEVELS];
@@ -207,7 +204,7 @@ INLINE void quant_tables_init(int bits, const struct tq_codebook *cb, struct qua
 {
     const int nlev = 1 << bits;
     qt->levels = lut_load(cb->levels, nlev);
-    qt->upper = lut_load(cb->levels + nlev / 2, nlev / 2);
+    qt->upper = bits >= MAGNITUDE_MIN_BITS ? lut_load(cb->levels + nlev / 2, nlev / 2) : qt->levels;
     qt->zero_idx = 0;
     qt->symmetric = 1;
     for (int m = 0; m < nlev - 1; m++) {
@@ -315,13 +312,11 @@ INLINE void plan_block(int bits, const struct quant_tables *qt, double gamma,
         UNROLL for (int m = half; m < nlev - 1; m += 4) {
             const __m128 t = thresholds4(qt->mid + m, gamma4, inv4, gamma, inv);
             _mm_storeu_ps(plan->thr + m, t);
-            if (bits >= 4) {
+            if (bits >= MAGNITUDE_MIN_BITS) {
                 exact |= _mm256_movemask_pd(lands_exactly(t, qt->mid + m, inv4));
             }
         }
-        /* Up to 3 bits counting 1-7 thresholds beats the magnitude's extra steps
-         * (tq_bench: turbo2 -10 %, turbo3 -3 %; turbo4 +10 %, turbo5 +35 %). */
-        if (!exact && bits >= 4) {
+        if (!exact && bits >= MAGNITUDE_MIN_BITS) {
             plan->kind = PLAN_MAGNITUDE;
             magnitude_steps(bits, plan);
             return;
