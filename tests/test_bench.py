@@ -78,17 +78,37 @@ def _result(name: str, stored: str, kv: float, **speed: list[float]) -> bench.Ty
     return res
 
 
+def _side_by_side(
+    config: str, kv: float, depth: int, f16: dict[str, list[float]], ours: dict[str, list[float]]
+) -> tuple[bench.BenchPlan, dict[str, bench.TypeResult]]:
+    """A plan of f16 and ``config`` at one depth and their rounds' t/s (keys pp and tg)."""
+    plan = bench.BenchPlan(
+        model=Path("m.gguf"), configs=CacheConfig.parse_list(f"f16,{config}"), depths=(depth,)
+    )
+    speeds = {
+        name: {f"{k}_{depth}": v for k, v in sp.items()}
+        for name, sp in (("f16", f16), (config, ours))
+    }
+    results = {
+        "f16": _result("f16", "f16", 1000, **speeds["f16"]),
+        config: _result(config, config, kv, **speeds[config]),
+    }
+    return plan, results
+
+
+def _row(text: str, config: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {config} |"))
+
+
 def test_table_shows_the_spread_and_the_backend_targets() -> None:
     """Ratios are per round against f16 of the same round; CUDA's targets are issue 10's."""
-    plan = bench.BenchPlan(
-        model=Path("m.gguf"), configs=CacheConfig.parse_list("f16,turbo3"), depths=(32768,)
-    )
-    results = {
-        "f16": _result("f16", "f16", 1000, pp_32768=[100.0, 200.0], tg_32768=[600.0, 590.0]),
-        "turbo3": _result("turbo3", "turbo3", 200, pp_32768=[90.0, 190.0], tg_32768=[612.0, 620.0]),
-    }
+    plan, results = _side_by_side(
+        "turbo3", 200, 32768,
+        f16={"pp": [100.0, 200.0], "tg": [600.0, 590.0]},
+        ours={"pp": [90.0, 190.0], "tg": [612.0, 620.0]},
+    )  # fmt: skip
     text, missed = bench.table(results, plan, "cuda")
-    row = next(line for line in text.splitlines() if line.startswith("| turbo3 |"))
+    row = _row(text, "turbo3")
     # tg: 612/600 = 1.02 and 620/590 = 1.05 per round; median t/s 616 over 595: 1.04
     assert "1.02-1.05 misses 1.35" in row
     assert "0.90-0.95 meets 0.9" in row  # pp: 90/100, 190/200
@@ -174,14 +194,12 @@ def test_depth_zero_is_repeated_and_deeper_tests_run_once() -> None:
 
 def test_cpu_targets_are_issue_13s() -> None:
     """Decode >= 1.0x f16 at 4096 and >= 1.1x at 16384, prompt >= 0.95x at every depth."""
-    plan = bench.BenchPlan(
-        model=Path("m.gguf"), configs=CacheConfig.parse_list("f16,turbo4"), depths=(16384,)
-    )
-    results = {
-        "f16": _result("f16", "f16", 1000, pp_16384=[100.0, 100.0], tg_16384=[40.0, 40.0]),
-        "turbo4": _result("turbo4", "turbo4", 257, pp_16384=[90.0, 92.0], tg_16384=[46.0, 46.8]),
-    }
+    plan, results = _side_by_side(
+        "turbo4", 257, 16384,
+        f16={"pp": [100.0, 100.0], "tg": [40.0, 40.0]},
+        ours={"pp": [90.0, 92.0], "tg": [46.0, 46.8]},
+    )  # fmt: skip
     text, missed = bench.table(results, plan, "cpu")
-    row = next(line for line in text.splitlines() if line.startswith("| turbo4 |"))
+    row = _row(text, "turbo4")
     assert "meets 1.1" in row  # tg: 46/40 = 1.15, 46.8/40 = 1.17
     assert missed == ["turbo4 pp at depth 16384: 0.91x f16 < 0.95"]
