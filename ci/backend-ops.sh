@@ -27,7 +27,7 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 failed=""
-for op in SET_ROWS HADAMARD_SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT; do
+for op in SET_ROWS HADAMARD_SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT FLASH_ATTN_EXT_HADAMARD; do
     echo "::group::$op, turbo cases, on $device"
     status=0
     "$binary" test -b "$device" -o "$op" -p turbo >"$log" 2>&1 || status=$?

@@ -45,7 +45,15 @@ def test_built_ggml_matches_the_reference(built: build_mod.BuildResult) -> None:
 
 
 @pytest.mark.parametrize(
-    "op", ["SET_ROWS", "HADAMARD_SET_ROWS", "GET_ROWS", "CPY", "FLASH_ATTN_EXT"]
+    "op",
+    [
+        "SET_ROWS",
+        "HADAMARD_SET_ROWS",
+        "GET_ROWS",
+        "CPY",
+        "FLASH_ATTN_EXT",
+        "FLASH_ATTN_EXT_HADAMARD",
+    ],
 )
 def test_backend_ops_turbo_cases_pass_on_cpu(built: build_mod.BuildResult, op: str) -> None:
     out = subprocess.run(

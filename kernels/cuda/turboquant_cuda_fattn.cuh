@@ -38,7 +38,7 @@
 #ifndef TURBOQUANT_CUDA_FATTN_CUH
 #define TURBOQUANT_CUDA_FATTN_CUH
 
-#include "turboquant_cuda.cuh"
+#include "turboquant_cuda_ggml.cuh"
 
 #define TQ_FA_NTHREADS 128
 #define TQ_FA_HEADS 4 /* most query heads per block (launch_fattn's ncols2); 2 for GQA ratios
@@ -652,8 +652,16 @@ static __device__ __forceinline__ void tq_fa_row8(const uint8_t * GGML_CUDA_REST
  *   output O^T = V^T P^T: lane l decodes rows 2c, 2c+1, 2c+8, 2c+9 at dims D/8*j .. +D/8-1
  *     and pairs the rows with byte permutes into the A fragments; C holds heads 2c, 2c+1.
  * The four warps' partial softmax sums are combined in shared memory at the end, then as
- * launch_fattn combines blocks. */
-template <int D, int G, ggml_type type_K, ggml_type type_V>
+ * launch_fattn combines blocks.
+ *
+ * ROT: the output also takes the 64-point Walsh-Hadamard rotation llama.cpp applies to it
+ * after attention (the inverse of V's, a MUL_MAT hinted GGML_HINT_SRC0_IS_HADAMARD that
+ * ggml-cuda runs as fwht_cuda<64>), one warp per 64 dims of a head: in the operations and
+ * order of tq_cu_fwht_warp, on the normalized output where the KV length is not split (the
+ * bytes the two kernels write one after the other) and on each part's unnormalized sum where
+ * it is (the rotation is linear and the combine weighs a head's dims alike, so the combined
+ * result is the rotated output up to float rounding). */
+template <int D, int G, ggml_type type_K, ggml_type type_V, bool ROT>
 __launch_bounds__(TQ_FA_NTHREADS, D <= 128 ? 4 : 2) /* 128 registers; 255 for D = 256 (ptxas -v) */
 static __global__ void tq_flash_attn_ext_mma(
         const char * Q,
@@ -896,16 +904,15 @@ static __global__ void tq_flash_attn_ext_mma(
     }
     __syncthreads();
 
-    for (int i = tid; i < ng * D; i += NT) {
-        const int g = i / D;
-        const int d = i % D;
-        float M = Ms[0][g];
+    /* head g's output at dim d over the four warps' parts: the sum o, its weight L, max M */
+    const auto combine = [&](int g, int d, float & o, float & L, float & M) {
+        M = Ms[0][g];
 #pragma unroll
         for (int w = 1; w < NW; w++) {
             M = fmaxf(M, Ms[w][g]);
         }
-        float o = 0.0f;
-        float L = 0.0f;
+        o = 0.0f;
+        L = 0.0f;
 #pragma unroll
         for (int w = 0; w < NW; w++) {
             const float f = expf(Ms[w][g] - M);
@@ -920,10 +927,43 @@ static __global__ void tq_flash_attn_ext_mma(
             L = L * f + expf(sink - m_new);
             M = m_new;
         }
-        const int64_t row = (((int64_t) seq * ne01.z + col) * ne02 + h0 + g) * gridDim.y + blockIdx.y;
-        dst[row * D + d] = gridDim.y == 1 ? o / L : o;
-        if (gridDim.y != 1 && d == 0) {
-            dst_meta[row] = make_float2(M, L);
+    };
+    const auto out_row = [&](int g) {
+        return (((int64_t) seq * ne01.z + col) * ne02 + h0 + g) * gridDim.y + blockIdx.y;
+    };
+    if constexpr (ROT) {
+        constexpr int NR = 64; /* points per rotation */
+        for (int w = warp; w < ng * (D / NR); w += NW) {
+            const int g  = w / (D / NR);
+            const int d0 = w % (D / NR) * NR;
+            float r[NR / WARP_SIZE];
+            float o, L, M;
+#pragma unroll
+            for (int m = 0; m < NR / WARP_SIZE; m++) {
+                combine(g, d0 + lane + WARP_SIZE * m, o, L, M);
+                r[m] = gridDim.y == 1 ? o / L : o;
+            }
+            tq_cu_fwht_warp<NR>(r, 0.125f); /* fwht.cu's 1/sqrtf(64) */
+            const int64_t row = out_row(g);
+#pragma unroll
+            for (int m = 0; m < NR / WARP_SIZE; m++) {
+                dst[row * D + d0 + lane + WARP_SIZE * m] = r[m];
+            }
+            if (gridDim.y != 1 && d0 == 0 && lane == 0) {
+                dst_meta[row] = make_float2(M, L);
+            }
+        }
+    } else {
+        for (int i = tid; i < ng * D; i += NT) {
+            const int g = i / D;
+            const int d = i % D;
+            float o, L, M;
+            combine(g, d, o, L, M);
+            const int64_t row = out_row(g);
+            dst[row * D + d] = gridDim.y == 1 ? o / L : o;
+            if (gridDim.y != 1 && d == 0) {
+                dst_meta[row] = make_float2(M, L);
+            }
         }
     }
     GGML_UNUSED_VARS(ne00, ne03, ne10, ne13, ne31, ne32, nb32);
@@ -935,15 +975,25 @@ static __global__ void tq_flash_attn_ext_mma(
 #endif
 }
 
-template <int D, int G, ggml_type type_K, ggml_type type_V>
+/* Whether head size D and these K/V types take tq_flash_attn_ext_mma (else _vec). */
+template <int D, ggml_type type_K, ggml_type type_V>
+static constexpr bool tq_fa_uses_mma()
+{
+    typedef tq_fa_staged<type_K> SK;
+    typedef tq_fa_staged<type_V> SV;
+    return SK::H8 && SV::H8 && SK::QK % (D / 4) == 0 && SV::QK % (D / 8) == 0;
+}
+
+template <int D, int G, ggml_type type_K, ggml_type type_V, bool ROT>
 static void tq_fa_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
 {
     typedef tq_fa_staged<type_K> SK;
     typedef tq_fa_staged<type_V> SV;
-    if constexpr (SK::H8 && SV::H8 && SK::QK % (D / 4) == 0 && SV::QK % (D / 8) == 0) {
-        launch_fattn<D, 1, G>(ctx, dst, tq_flash_attn_ext_mma<D, G, type_K, type_V>, TQ_FA_NTHREADS / WARP_SIZE, 0,
-            16 * (TQ_FA_NTHREADS / WARP_SIZE), false, false, false, false);
+    if constexpr (tq_fa_uses_mma<D, type_K, type_V>()) {
+        launch_fattn<D, 1, G>(ctx, dst, tq_flash_attn_ext_mma<D, G, type_K, type_V, ROT>, TQ_FA_NTHREADS / WARP_SIZE,
+            0, 16 * (TQ_FA_NTHREADS / WARP_SIZE), false, false, false, false);
     } else {
+        static_assert(!ROT, "the output rotation is in the mma kernel only");
         constexpr int T = tq_fa_rows<D, G, type_K, type_V>();
         constexpr size_t nbytes = tq_fa_smem<D, G, SK, SV>::bytes(T);
         fattn_kernel_t kernel = tq_flash_attn_ext_vec<D, G, type_K, type_V>;
@@ -952,16 +1002,17 @@ static void tq_fa_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     }
 }
 
-/* One FLASH_ATTN_EXT with the kernel above; split-KV and the combine as launch_fattn does
- * them for ggml's own kernels. */
-template <int D, ggml_type type_K, ggml_type type_V>
+/* One FLASH_ATTN_EXT with the kernels above; split-KV and the combine as launch_fattn does
+ * them for ggml's own kernels. ROT (the mma kernel only): dst's data receives the output
+ * rotated by llama.cpp's 64-point Hadamard, as the MUL_MAT after the attention would. */
+template <int D, ggml_type type_K, ggml_type type_V, bool ROT = false>
 void tq_cuda_flash_attn_ext_vec_case(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
 {
     const int64_t gqa = dst->src[0]->ne[2] / dst->src[1]->ne[2];
     if (gqa % TQ_FA_HEADS == 0) {
-        tq_fa_launch<D, TQ_FA_HEADS, type_K, type_V>(ctx, dst);
+        tq_fa_launch<D, TQ_FA_HEADS, type_K, type_V, ROT>(ctx, dst);
     } else {
-        tq_fa_launch<D, 2, type_K, type_V>(ctx, dst);
+        tq_fa_launch<D, 2, type_K, type_V, ROT>(ctx, dst);
     }
 }
 
