@@ -4,8 +4,9 @@
 #   ci/backend-ops.sh build/cuda CUDA0   (`nox -s build -- --backend cuda`)
 #
 # Runs test-backend-ops on a GPU device for every turbo case (patches/0004: the write path,
-# the read paths and flash attention; patches/0014: the K/V write after the attention
-# rotation, which CUDA fuses), each compared with the CPU backend, one op at a time.
+# the read paths and flash attention; patches/0014, 0020, 0021: the graphs around the attention
+# rotation that CUDA fuses, the K/V write, the output's rotation back, RoPE with the rotation
+# of Q and K), each compared with the CPU backend, one op at a time.
 #
 # test-backend-ops exits 0 when it tested nothing: a -b that names no device skips every
 # device, and a case the backend does not support is skipped too. So each op must also show
@@ -27,7 +28,7 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 failed=""
-for op in SET_ROWS HADAMARD_SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT FLASH_ATTN_EXT_HADAMARD; do
+for op in SET_ROWS HADAMARD_SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT FLASH_ATTN_EXT_HADAMARD ROPE_HADAMARD; do
     echo "::group::$op, turbo cases, on $device"
     status=0
     "$binary" test -b "$device" -o "$op" -p turbo >"$log" 2>&1 || status=$?

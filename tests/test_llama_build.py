@@ -53,6 +53,7 @@ def test_built_ggml_matches_the_reference(built: build_mod.BuildResult) -> None:
         "CPY",
         "FLASH_ATTN_EXT",
         "FLASH_ATTN_EXT_HADAMARD",
+        "ROPE_HADAMARD",
     ],
 )
 def test_backend_ops_turbo_cases_pass_on_cpu(built: build_mod.BuildResult, op: str) -> None:

@@ -11,6 +11,10 @@
  *   tq_cu_set_rows_rot<idx_t, NH, B, N>(...)    the same, of rows first rotated as ggml-cuda's
  *                                              fwht_cuda<NH> rotates them (the Hadamard
  *                                              MUL_MAT before a quantized K/V cache, fused)
+ *   tq_cu_rope_rot<W, NEOX>(...)                RoPE + that rotation of a whole head (Q),
+ *   tq_cu_rope_rot_set_rows<idx_t, W, B, N, NEOX>(...)  and of K on its way into the cache:
+ *                                              rope.cu's arithmetic through a functor its
+ *                                              glue builds, then fwht.cu's, then the above
  *                                              Both launch through a Launch callable: plain
  *                                              <<<>>> by default, ggml-cuda's own launcher
  *                                              (programmatic dependent launch) in set-rows.cu
@@ -336,6 +340,127 @@ __global__ void tq_cu_k_set_rows_rot(const float *src0, const idx_t *src1, char 
     for (int k = 0; k < W / N; k++) {
         tq_cu_quantize_regs_warp<B, N>(r + k * (N / 32), blk + k * tq_cu_format<B, N>::nbytes);
     }
+}
+
+/* llama.cpp's RoPE over a whole head (rope.cu's NORMAL or NEOX mode, n_dims = W, no offset)
+ * on the W floats a warp holds as lane L holds value L + 32m in r[m]. rope(t, i0, x0, x1)
+ * returns the pair at even index i0 of token t rotated; the caller builds it from rope.cu's
+ * own rope_yarn, so the values are rope.cu's. NORMAL pairs values i0 and i0 + 1 (lanes L and
+ * L ^ 1, each computing its half); NEOX pairs c and c + W/2 (one lane: r[m] and r[m + W/64])
+ * at index i0 = 2c. */
+template <int W, bool NEOX, typename Rope>
+__device__ __forceinline__ void tq_cu_rope_warp(float *r, const Rope &rope, int64_t t)
+{
+    const int lane = threadIdx.x % 32;
+    if constexpr (NEOX) {
+        constexpr int H = W / 64;
+#pragma unroll
+        for (int m = 0; m < H; m++) {
+            const float2 y = rope(t, 2 * (lane + 32 * m), r[m], r[m + H]);
+            r[m] = y.x;
+            r[m + H] = y.y;
+        }
+    } else {
+        const bool odd = lane & 1;
+#pragma unroll
+        for (int m = 0; m < W / 32; m++) {
+            const float other = __shfl_xor_sync(0xFFFFFFFFu, r[m], 1, 32);
+            const float x0 = odd ? other : r[m];
+            const float x1 = odd ? r[m] : other;
+            const float2 y = rope(t, (lane & ~1) + 32 * m, x0, x1);
+            r[m] = odd ? y.y : y.x;
+        }
+    }
+}
+
+/* Head h of token t (strides s01, s02 in floats from x), one warp, into registers (lane L:
+ * value L + 32m in r[m]), then RoPE and llama.cpp's Hadamard rotation of the whole head
+ * (fwht_cuda<W>'s operations; scale its 1/sqrtf(W)): what rope.cu, then fwht.cu, write. */
+template <int W, bool NEOX, typename Rope>
+__device__ __forceinline__ void tq_cu_rope_rot_load(float *r, const float *x, int64_t h, int64_t t,
+                                                    int64_t s01, int64_t s02, const Rope &rope,
+                                                    float scale)
+{
+    const int lane = threadIdx.x % 32;
+    const float *y = x + h * s01 + t * s02;
+#pragma unroll
+    for (int m = 0; m < W / 32; m++) {
+        r[m] = y[lane + 32 * m];
+    }
+    tq_cu_rope_warp<W, NEOX>(r, rope, t);
+    tq_cu_fwht_warp<W>(r, scale);
+}
+
+/* RoPE + rotation of ne01 heads x ne02 tokens (Q), one warp per head, written contiguous as
+ * the rotation's MUL_MAT writes them (row t * ne01 + h). dst may be x itself where x is laid
+ * out the same way: a warp reads its head before it writes it. */
+template <int W, bool NEOX, typename Rope>
+__global__ void tq_cu_k_rope_rot(const float *x, float *dst, int64_t nwarps, int64_t ne01,
+                                 int64_t s01, int64_t s02, Rope rope, float scale)
+{
+    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (w >= nwarps) {
+        return; /* w is the same for the 32 lanes of a warp */
+    }
+    const int lane = threadIdx.x % 32;
+    tq_cu_pdl_wait_then_release();
+    float r[W / 32];
+    tq_cu_rope_rot_load<W, NEOX>(r, x, w % ne01, w / ne01, s01, s02, rope, scale);
+#pragma unroll
+    for (int m = 0; m < W / 32; m++) {
+        dst[w * W + lane + 32 * m] = r[m];
+    }
+}
+
+/* RoPE + rotation + SET_ROWS into a turbo cache (K): head h of token t goes to blocks
+ * h * W / N .. of cache row idx[t * s10] (rows nb1 bytes apart), in the bytes
+ * tq_cu_k_set_rows_rot writes from rope.cu's output. */
+template <typename idx_t, int W, int B, int N, bool NEOX, typename Rope>
+__global__ void tq_cu_k_rope_rot_set_rows(const float *x, const idx_t *idx, char *dst, int64_t nwarps,
+                                          int64_t ne01, int64_t s01, int64_t s02, int64_t s10,
+                                          int64_t nb1, Rope rope, float scale)
+{
+    static_assert(W % N == 0, "a head holds whole blocks");
+    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (w >= nwarps) {
+        return;
+    }
+    tq_cu_pdl_wait_then_release();
+    const int64_t h = w % ne01;
+    const int64_t t = w / ne01;
+    float r[W / 32];
+    tq_cu_rope_rot_load<W, NEOX>(r, x, h, t, s01, s02, rope, scale);
+    uint8_t *blk = (uint8_t *)(dst + (int64_t)idx[t * s10] * nb1) + h * (W / N) * tq_cu_format<B, N>::nbytes;
+#pragma unroll
+    for (int k = 0; k < W / N; k++) {
+        tq_cu_quantize_regs_warp<B, N>(r + k * (N / 32), blk + k * tq_cu_format<B, N>::nbytes);
+    }
+}
+
+/* Launchers of the two kernels above for ne01 heads x ne02 tokens, 4 warps a block. */
+template <int W, bool NEOX, typename Rope, typename Launch = tq_cu_launch_plain>
+void tq_cu_rope_rot(const float *x, float *dst, int64_t ne01, int64_t ne02, int64_t s01, int64_t s02,
+                    const Rope &rope, cudaStream_t stream, const Launch &launch = Launch())
+{
+    const int64_t nwarps = ne01 * ne02;
+    if (nwarps == 0) {
+        return;
+    }
+    launch(tq_cu_k_rope_rot<W, NEOX, Rope>, dim3((unsigned)((nwarps + 3) / 4)), dim3(128), stream, x,
+           dst, nwarps, ne01, s01, s02, rope, 1 / sqrtf(W));
+}
+
+template <typename idx_t, int W, int B, int N, bool NEOX, typename Rope, typename Launch = tq_cu_launch_plain>
+void tq_cu_rope_rot_set_rows(const float *x, const idx_t *idx, char *dst, int64_t ne01, int64_t ne02,
+                             int64_t s01, int64_t s02, int64_t s10, int64_t nb1, const Rope &rope,
+                             cudaStream_t stream, const Launch &launch = Launch())
+{
+    const int64_t nwarps = ne01 * ne02;
+    if (nwarps == 0) {
+        return;
+    }
+    launch(tq_cu_k_rope_rot_set_rows<idx_t, W, B, N, NEOX, Rope>, dim3((unsigned)((nwarps + 3) / 4)),
+           dim3(128), stream, x, idx, dst, nwarps, ne01, s01, s02, s10, nb1, rope, 1 / sqrtf(W));
 }
 
 template <typename idx_t, int NH, int B, int N, typename Launch = tq_cu_launch_plain>
