@@ -299,6 +299,9 @@ FAKE_BACKEND_OPS = textwrap.dedent("""\
     if [ "$FAKE_MODE" = unsupported ]; then
         echo "  $op(type=turbo2_64,ne=[128,5,1,1]): not supported [$dev] "
     fi
+    if [ "$FAKE_MODE" = listed ] && [ "$op" = FLASH_ATTN_EXT ]; then
+        echo "  $op(hsk=128,type_K=turbo3,type_V=f16,permute=[0,1,2,3]): not supported [$dev] "
+    fi
     if [ "$FAKE_MODE" = empty ]; then
         echo "  0/0 tests passed"
     else
@@ -337,6 +340,32 @@ def test_backend_ops_fails_unless_every_turbo_case_ran(
     )
     assert out.returncode == status, out.stdout + out.stderr
     assert says.format(device=device) in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("device", "status", "says"),
+    [
+        ("MTL0", 0, "1 case(s) not supported on MTL0, as"),
+        ("CUDA0", 1, "1 case(s) not supported on CUDA0"),
+    ],
+)
+def test_backend_ops_allows_only_the_listed_unsupported_cases(
+    tmp_path: Path, device: str, status: int, says: str
+) -> None:
+    # ci/backend-ops-unsupported.txt lists turbo K with an f16 V as Metal's, not CUDA's
+    fake = tmp_path / "build" / "bin" / "test-backend-ops"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(FAKE_BACKEND_OPS)
+    fake.chmod(0o755)
+    out = subprocess.run(
+        [REPO_ROOT / "ci" / "backend-ops.sh", tmp_path / "build", device],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FAKE_MODE": "listed"},
+        timeout=60,
+    )
+    assert out.returncode == status, out.stdout + out.stderr
+    assert says in out.stdout + out.stderr
 
 
 LIBRARY = 'const char *tq_fake_version(void) { return "fake 1.0"; }\n'
