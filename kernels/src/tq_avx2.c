@@ -537,6 +537,18 @@ void tq_quantize_blocks_avx2(const struct tq_codebook *cb, const float *y, uint8
 INLINE __m256i indices8(int bits, int n, const uint8_t *blk, int g)
 {
     __m256i k;
+    if (bits == 3) {
+        /* both planes in one broadcast word: low bits 2i..2i+1, high bit 16 + i, which a
+         * shift by 14 + i leaves at bit 2 */
+        uint16_t lo;
+        memcpy(&lo, blk + 2 + 2 * g, sizeof lo);
+        const __m256i w = _mm256_set1_epi32((int)(lo | (uint32_t)blk[tq_hi_offset(bits, n) + g] << 16));
+        k = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                             _mm256_set1_epi32(0x03));
+        const __m256i h = _mm256_and_si256(
+            _mm256_srlv_epi32(w, _mm256_setr_epi32(14, 15, 16, 17, 18, 19, 20, 21)), _mm256_set1_epi32(0x04));
+        return _mm256_or_si256(k, h);
+    }
     if (tq_lo_bits(bits) == 4) {
         uint32_t w;
         memcpy(&w, blk + 2 + 4 * g, sizeof w);
@@ -549,11 +561,11 @@ INLINE __m256i indices8(int bits, int n, const uint8_t *blk, int g)
         k = _mm256_srlv_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
         k = _mm256_and_si256(k, _mm256_set1_epi32(0x03));
     }
-    if (bits == 3 || bits == 5) {
-        const __m256i h = _mm256_srlv_epi32(_mm256_set1_epi32(blk[tq_hi_offset(bits, n) + g]),
+    if (bits == 5) {
+        /* high bit i lands on bit 4 */
+        const __m256i h = _mm256_srlv_epi32(_mm256_set1_epi32(blk[tq_hi_offset(bits, n) + g] << 4),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        k = _mm256_or_si256(k, _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(1)),
-                                                 tq_lo_bits(bits)));
+        k = _mm256_or_si256(k, _mm256_and_si256(h, _mm256_set1_epi32(0x10)));
     }
     return k;
 }
@@ -660,12 +672,73 @@ INLINE void dot_row_group(int bits, int G, const struct tq_codebook *cb, const s
         }                                                                                     \
     } while (0)
 
+/* dot_row_group over two rows at once: each query's 8 values load once for both rows, and
+ * the two rows' accumulators are independent chains. Each dot keeps dot_blocks' products,
+ * lanes, chunks and reduction, so bit-identical to it. For widths of at most 16 levels, whose
+ * two scaled tables and 2G accumulators fit the 16 registers. */
+INLINE void dot_row_pair(int bits, int G, const struct tq_codebook *cb, const struct lut *lv,
+                         const uint8_t *row0, size_t stride, int64_t nblocks, const float *q,
+                         int64_t k, float *out, int64_t ostride)
+{
+    const int n = cb->n;
+    const int nlev = 1 << bits;
+    const size_t nbytes = tq_block_size(cb);
+    const int64_t per_chunk = TQ_DOT_CHUNK / n;
+    float sum[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    for (int64_t c = 0; c < nblocks; c += per_chunk) {
+        const int64_t end = c + per_chunk < nblocks ? c + per_chunk : nblocks;
+        __m256 acc[2][4];
+        for (int j = 0; j < G; j++) {
+            acc[0][j] = _mm256_setzero_ps();
+            acc[1][j] = _mm256_setzero_ps();
+        }
+        for (int64_t b = c; b < end; b++) {
+            const uint8_t *blk0 = row0 + (size_t)b * nbytes;
+            const uint8_t *blk1 = blk0 + stride;
+            const struct lut scaled0 = block_lut(lv, nlev, blk0);
+            const struct lut scaled1 = block_lut(lv, nlev, blk1);
+            for (int g = 0; g < n / 8; g++) {
+                const __m256 x0 = lut_get(&scaled0, nlev, indices8(bits, n, blk0, g));
+                const __m256 x1 = lut_get(&scaled1, nlev, indices8(bits, n, blk1, g));
+                for (int j = 0; j < G; j++) {
+                    const __m256 y = _mm256_loadu_ps(q + j * k + b * n + 8 * g);
+                    acc[0][j] = _mm256_add_ps(acc[0][j], _mm256_mul_ps(x0, y));
+                    acc[1][j] = _mm256_add_ps(acc[1][j], _mm256_mul_ps(x1, y));
+                }
+            }
+        }
+        for (int i = 0; i < 2; i++) {
+            for (int j = 0; j < G; j++) {
+                const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc[i][j]),
+                                             _mm256_extractf128_ps(acc[i][j], 1));
+                const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+                sum[i][j] += _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+            }
+        }
+    }
+    for (int j = 0; j < G; j++) {
+        out[j * ostride] = sum[0][j];
+        out[j * ostride + 1] = sum[1][j];
+    }
+}
+
 INLINE void dot_rows(int bits, const struct tq_codebook *cb, const struct tq_tile *t,
                      const float *q, int nq, float *out)
 {
     const struct lut lv = lut_load(cb->levels, 1 << bits);
     const int64_t k = t->nblocks * cb->n;
-    for (int64_t r = 0; r < t->nrows; r++) {
+    int64_t r = 0;
+    if (bits <= 4) {
+        for (; r + 2 <= t->nrows; r += 2) {
+            const uint8_t *row = t->src + (size_t)r * t->stride;
+#define DOT_PAIR(G, j)                                                                         \
+    dot_row_pair(bits, G, cb, &lv, row, t->stride, t->nblocks, q + (j) * k, k,                 \
+                 out + (j) * t->nrows + r, t->nrows)
+            QUERY_GROUPS(nq, DOT_PAIR);
+#undef DOT_PAIR
+        }
+    }
+    for (; r < t->nrows; r++) {
         const uint8_t *row = t->src + (size_t)r * t->stride;
 #define DOT_GROUP(G, j)                                                                        \
     dot_row_group(bits, G, cb, &lv, row, t->nblocks, q + (j) * k, k, out + (j) * t->nrows + r, \
