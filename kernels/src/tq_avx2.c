@@ -587,6 +587,14 @@ INLINE void dequantize_blocks(int bits, const struct tq_codebook *cb, const uint
     }
 }
 
+/* ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), as tq_dot.c sums its lanes. */
+INLINE float lane_sum(__m256 acc)
+{
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
 /* tq_dot_blocks_decoded's result without the float buffer: the same products d * C[k] (the
  * scaled table), the same 8 lanes per chunk, the same reduction order, so bit-identical. */
 INLINE void dot_blocks(int bits, const struct tq_codebook *cb, const uint8_t *src, const float *y,
@@ -609,10 +617,7 @@ INLINE void dot_blocks(int bits, const struct tq_codebook *cb, const uint8_t *sr
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(x, _mm256_loadu_ps(y + b * n + 8 * g)));
             }
         }
-        /* ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), as tq_dot.c sums its lanes. */
-        const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        sum += _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        sum += lane_sum(acc);
     }
     *out = sum;
 }
@@ -645,10 +650,7 @@ INLINE void dot_row_group(int bits, int G, const struct tq_codebook *cb, const s
             }
         }
         for (int j = 0; j < G; j++) {
-            const __m128 s4 =
-                _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
-            const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            sum[j] += _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+            sum[j] += lane_sum(acc[j]);
         }
     }
     for (int j = 0; j < G; j++) {
@@ -709,10 +711,7 @@ INLINE void dot_row_pair(int bits, int G, const struct tq_codebook *cb, const st
         }
         for (int i = 0; i < 2; i++) {
             for (int j = 0; j < G; j++) {
-                const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc[i][j]),
-                                             _mm256_extractf128_ps(acc[i][j], 1));
-                const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-                sum[i][j] += _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+                sum[i][j] += lane_sum(acc[i][j]);
             }
         }
     }
