@@ -314,6 +314,21 @@ FAKE_BACKEND_OPS = textwrap.dedent("""\
     """)
 
 
+def _backend_ops(tmp_path: Path, device: str, mode: str) -> subprocess.CompletedProcess[str]:
+    """ci/backend-ops.sh on a build folder whose test-backend-ops is FAKE_BACKEND_OPS in mode."""
+    fake = tmp_path / "build" / "bin" / "test-backend-ops"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(FAKE_BACKEND_OPS)
+    fake.chmod(0o755)
+    return subprocess.run(
+        [REPO_ROOT / "ci" / "backend-ops.sh", tmp_path / "build", device],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FAKE_MODE": mode},
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize("device", ["MTL0", "CUDA0"])
 @pytest.mark.parametrize(
     ("mode", "status", "says"),
@@ -327,17 +342,7 @@ FAKE_BACKEND_OPS = textwrap.dedent("""\
 def test_backend_ops_fails_unless_every_turbo_case_ran(
     tmp_path: Path, mode: str, status: int, says: str, device: str
 ) -> None:
-    fake = tmp_path / "build" / "bin" / "test-backend-ops"
-    fake.parent.mkdir(parents=True)
-    fake.write_text(FAKE_BACKEND_OPS)
-    fake.chmod(0o755)
-    out = subprocess.run(
-        [REPO_ROOT / "ci" / "backend-ops.sh", tmp_path / "build", device],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "FAKE_MODE": mode},
-        timeout=60,
-    )
+    out = _backend_ops(tmp_path, device, mode)
     assert out.returncode == status, out.stdout + out.stderr
     assert says.format(device=device) in out.stdout + out.stderr
 
@@ -353,17 +358,7 @@ def test_backend_ops_allows_only_the_listed_unsupported_cases(
     tmp_path: Path, device: str, status: int, says: str
 ) -> None:
     # ci/backend-ops-unsupported.txt lists turbo K with an f16 V as Metal's, not CUDA's
-    fake = tmp_path / "build" / "bin" / "test-backend-ops"
-    fake.parent.mkdir(parents=True)
-    fake.write_text(FAKE_BACKEND_OPS)
-    fake.chmod(0o755)
-    out = subprocess.run(
-        [REPO_ROOT / "ci" / "backend-ops.sh", tmp_path / "build", device],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "FAKE_MODE": "listed"},
-        timeout=60,
-    )
+    out = _backend_ops(tmp_path, device, "listed")
     assert out.returncode == status, out.stdout + out.stderr
     assert says in out.stdout + out.stderr
 
