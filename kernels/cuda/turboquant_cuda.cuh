@@ -242,12 +242,15 @@ TQ_CU_HD uint32_t tq_cu_load_u32(const uint8_t *p)
 #endif
 }
 
-/* __byte_perm (PTX prmt, default mode) for selectors whose four low nibbles are < 8: byte i
- * of the result is byte s[4i+3:4i] of the pair (b:a); the host emulates it. */
+/* PTX prmt (default mode) for selectors whose four low nibbles are < 8: byte i of the result
+ * is byte s[4i+3:4i] of the pair (b:a), the high half of s ignored; the host emulates it.
+ * Not __byte_perm, which masks every selector with 0x7777 first (an instruction per call). */
 TQ_CU_HD uint32_t tq_cu_prmt(uint32_t a, uint32_t b, uint32_t s)
 {
 #ifdef __CUDA_ARCH__
-    return __byte_perm(a, b, s);
+    uint32_t r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(s));
+    return r;
 #else
     const uint64_t x = (uint64_t)b << 32 | a;
     uint32_t r = 0;

@@ -614,21 +614,21 @@ static __device__ __forceinline__ void tq_fa_mma4(float c[4], uint32_t a0, uint3
 #endif
 }
 
-/* 8 values of a row in memory as fp16 (4 x half2, values 2i and 2i+1 in out[i]): values
- * j0 .. j0+7 of the block blk (zero index bits where !in, a row at or past the end). Where a
- * row is one block (ROW) the scale stays out, else each value is d * level. */
+/* 8 values of a staged row as fp16 (4 x half2, values 2i and 2i+1 in out[i]): values
+ * j0 .. j0+7 of the block blk. Where a row is one block (ROW) the scale stays out, else each
+ * value is d * level. Rows past the end are decoded too, from whatever their staged copy
+ * holds (zeros, or an earlier row's bytes: finite): their scores are replaced and their
+ * probabilities are 0. */
 template <typename S, bool ROW>
-static __device__ __forceinline__ void tq_fa_row8(const uint8_t * GGML_CUDA_RESTRICT blk, bool in, int j0,
+static __device__ __forceinline__ void tq_fa_row8(const uint8_t * GGML_CUDA_RESTRICT blk, int j0,
         const typename S::hlut & ht, uint32_t out[4])
 {
-    uint32_t lo = 0u;
-    uint32_t hi = 0u;
-    if (in) {
-        S::bits8(blk, j0, lo, hi);
-    }
+    uint32_t lo;
+    uint32_t hi;
+    S::bits8(blk, j0, lo, hi);
     S::levels8_h(lo, hi, ht, out);
     if (!ROW) {
-        const half2 d2 = __half2half2(in ? *(const half *) blk : __float2half(0.0f));
+        const half2 d2 = __half2half2(*(const half *) blk);
         half2 * h2 = (half2 *) out;
 #pragma unroll
         for (int l = 0; l < 4; l++) {
@@ -637,15 +637,87 @@ static __device__ __forceinline__ void tq_fa_row8(const uint8_t * GGML_CUDA_REST
     }
 }
 
-/* The decode kernel for turbo2..4 and q8_0 K and V (H8) where a lane's dims lie in one
- * block: every warp works on its own 16 rows of each 64-row tile, with no shared memory and no barrier until the end, and
- * every K and V value goes from its index bits straight into an mma operand register.
+/* A warp's copy of 16 K or V rows of one head in shared memory (the mma kernel's staging):
+ * each row's RB bytes start 2-byte aligned in memory, so the warp copies the NCH aligned
+ * 16-byte chunks that can hold them, whole (cp.async, no registers, no per-word address
+ * arithmetic), and a row keeps its offset within the first chunk. The row stride is an odd
+ * number of chunks: the 8 rows one load instruction of the kernel reads then start in 8
+ * distinct bank quads, so neither K's nor V's reads conflict. */
+template <typename S, int D> struct tq_fa_win {
+    static constexpr int RB    = (D / S::QK) * S::NB;   /* bytes of a head's row */
+    static constexpr int NCH   = (RB + 14 + 15) / 16;  /* 16-byte chunks that can hold them */
+    static constexpr int RS    = 16 * (NCH | 1);       /* staged bytes per row */
+    static constexpr int BYTES = 16 * RS;              /* 16 rows */
+    static constexpr int NPL   = (16 * NCH + WARP_SIZE - 1) / WARP_SIZE; /* chunks per lane */
+};
+
+/* Start copying 16 rows, the first at g (row stride nb bytes; rows < nrows exist), into the
+ * staged rows st (16-byte aligned shared memory), one cp.async group per call: slot i = lane +
+ * 32m of the 16 x RS/16 chunk slots lands at byte 16 i of st (row i / (RS/16)). */
+template <typename S, int D>
+static __device__ __forceinline__ void tq_fa_copy16(const char * g, int64_t nb, int nrows, uint8_t * st, int lane)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    typedef tq_fa_win<S, D> W;
+    constexpr int NS  = W::RS / 16;                            /* slots per row */
+    constexpr int NPL = (16 * NS + WARP_SIZE - 1) / WARP_SIZE; /* slots per lane */
+    const uint32_t a = (uint32_t) __cvta_generic_to_shared(st) + 16 * lane;
+#pragma unroll
+    for (int m = 0; m < NPL; m++) {
+        const int i  = lane + WARP_SIZE * m;
+        const int r  = i / NS;
+        const int ch = i % NS;
+        const char * p   = g + r * (int) nb;
+        const int    off = (int) ((uintptr_t) p & 15);
+        /* a chunk past the row's last byte may lie past the buffer */
+        if ((16 * NS % WARP_SIZE == 0 || i < 16 * NS) && ch < W::NCH && 16 * ch < off + W::RB && r < nrows) {
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" : : "r"(a + 16 * WARP_SIZE * m), "l"(p - off + 16 * ch));
+        }
+    }
+#else
+    GGML_UNUSED_VARS(g, nb, nrows, st, lane);
+#endif
+}
+
+static __device__ __forceinline__ void tq_fa_cp_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+
+/* Wait until at most N of this thread's cp.async groups are pending, then until every lane
+ * of the warp has: the staged rows of the older groups are the warp's to read. */
+template <int N> static __device__ __forceinline__ void tq_fa_cp_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" : : "n"(N));
+#endif
+    __syncwarp();
+}
+
+/* Where row r of a warp's group starts in its staged rows (row stride RS): src is the first
+ * row of any of the warp's groups, which lie gridDim.y x 64 rows apart, a multiple of 16
+ * bytes at any row stride, so a row's offset in its first chunk is the same in all. */
+template <int RS> static __device__ __forceinline__ int tq_fa_staged_row(const char * src, int64_t nb, int r)
+{
+    return r * RS + (int) ((uintptr_t) (src + r * nb) & 15);
+}
+
+/* The decode kernel for turbo2..4 and q8_0 K and V (H8): every warp works on its own 16 rows
+ * of each 64-row tile, with no barrier until the end, and every K and V value goes from its
+ * index bits straight into an mma operand register. A warp copies its next 16 K and V rows
+ * into shared memory (tq_fa_copy16: a few 16-byte cp.async per lane) while it computes the
+ * current ones, so the loads' latency hides behind the decode, and the decode reads its
+ * index bits from shared memory, where a load of 8 rows costs one wavefront instead of one
+ * per row (the rows of a head are 400 bytes apart in memory at 8 KV heads).
  *
  * Lane l = 4j + c. The head's dims are permuted the same way on both sides of the score
  * product, so that each lane decodes whole runs of 8 values:
  *   scores S^T = K Q^T (m16n8k16: 16 rows x 8 query heads): lane l decodes dims
- *     D/4*c .. +D/4-1 of rows j and j+8, its A fragments (the queries' B fragments take the
- *     same dims); its C holds rows j, j+8 of heads 2c, 2c+1;
+ *     32q + 8c .. +7 (q < D/32) of rows j and j+8, its A fragments (the queries' B fragments
+ *     take the same dims; the four lanes of a row read adjacent bytes); its C holds rows
+ *     j, j+8 of heads 2c, 2c+1;
  *   the online softmax of heads 2c, 2c+1 over the 16 rows (one running max per warp and
  *     head, held by the lanes whose output holds that head); four shuffles turn the
  *     probabilities into the B fragment of P^T (rows 2c, 2c+1, 2c+8, 2c+9 of head j);
@@ -691,16 +763,18 @@ static __global__ void tq_flash_attn_ext_mma(
     typedef tq_fa_staged<type_V> SV;
     constexpr int NT = TQ_FA_NTHREADS;
     constexpr int NW = NT / WARP_SIZE;
+    typedef tq_fa_win<SK, D> WK;
+    typedef tq_fa_win<SV, D> WV;
     constexpr int T  = 16 * NW;        /* rows per tile, 16 per warp */
-    constexpr int DQ = D / 4;          /* K dims per lane */
     constexpr int DV = D / 8;          /* V dims per lane */
     constexpr bool ROWK = D == SK::QK; /* K's scale applies to whole scores */
     constexpr bool ROWV = D == SV::QK; /* V's scale folds into the probabilities */
     static_assert(SK::H8 && SV::H8, "turbo2..4 or q8_0 K and V");
     static_assert(D % 64 == 0 && D <= 256 && D % SK::QK == 0 && D % SV::QK == 0, "head size 64, 128 or 256");
-    static_assert(SK::QK % DQ == 0 && SV::QK % DV == 0, "a lane's dims in one block");
+    static_assert(SK::QK % 32 == 0 && SV::QK % DV == 0, "a lane's runs of dims in one block");
     static_assert(G == 2 || G == TQ_FA_HEADS, "2 or 4 query heads per block");
 
+    extern __shared__ __align__(16) uint8_t tq_fa_sm[];
     __shared__ float Os[NW][G][D];
     __shared__ float Ms[NW][G];
     __shared__ float Ls[NW][G];
@@ -725,16 +799,16 @@ static __global__ void tq_flash_attn_ext_mma(
     SK::hlut_init(htK);
     SV::hlut_init(htV);
 
-    /* queries of head j as B fragments: step s holds dims D/4*c + 4s .. +3 */
+    /* queries of head j as B fragments: step s holds dims 32(s/2) + 8c + 4(s%2) .. +3 */
     ggml_cuda_pdl_sync();
     uint32_t qb[D / 16][2];
     {
-        const float * qrow = (const float *) (Q + nb03 * seq + nb02 * (h0 + min(j, ng - 1)) + nb01 * col) + DQ * c;
+        const float * qrow = (const float *) (Q + nb03 * seq + nb02 * (h0 + min(j, ng - 1)) + nb01 * col) + 8 * c;
         const float z = j < ng ? scale : 0.0f;
 #pragma unroll
         for (int s = 0; s < D / 16; s++) {
-            const float2 x = *(const float2 *) (qrow + 4 * s);
-            const float2 y = *(const float2 *) (qrow + 4 * s + 2);
+            const float2 x = *(const float2 *) (qrow + 32 * (s / 2) + 4 * (s % 2));
+            const float2 y = *(const float2 *) (qrow + 32 * (s / 2) + 4 * (s % 2) + 2);
             qb[s][0] = tq_fa_h2(x.x * z, x.y * z);
             qb[s][1] = tq_fa_h2(y.x * z, y.y * z);
         }
@@ -761,33 +835,54 @@ static __global__ void tq_flash_attn_ext_mma(
         }
     }
 
-    for (int k0 = blockIdx.y * T; k0 < k_max; k0 += gridDim.y * T) {
-        const int rb = k0 + 16 * warp;
-        if (rb >= k_max) {
-            continue;
-        }
+    /* this warp's staged rows, two buffers of K and V each, zero until first written (rows
+     * past the end are decoded from them) */
+    uint8_t * stK = tq_fa_sm + warp * 2 * (WK::BYTES + WV::BYTES);
+    uint8_t * stV = stK + 2 * WK::BYTES;
+    for (int i = lane; i < 2 * (WK::BYTES + WV::BYTES) / 16; i += WARP_SIZE) {
+        ((uint4 *) stK)[i] = make_uint4(0u, 0u, 0u, 0u);
+    }
+    __syncwarp();
+    const int kstep = gridDim.y * T; /* rows from one of this warp's groups to its next */
+    int rb = blockIdx.y * T + 16 * warp;
+    const char * Kg = K + (int64_t) rb * nb11; /* the group's first rows */
+    const char * Vg = V + (int64_t) rb * nb21;
+    tq_fa_copy16<SK, D>(Kg, nb11, k_max - rb, stK, lane);
+    tq_fa_copy16<SV, D>(Vg, nb21, k_max - rb, stV, lane);
+    tq_fa_cp_commit();
+
+    for (int buf = 0; rb < k_max; rb += kstep, buf ^= 1) {
+        __syncwarp(); /* the warp is done reading the other buffers (the group before last) */
+        Kg += (int64_t) kstep * nb11;
+        Vg += (int64_t) kstep * nb21;
+        tq_fa_copy16<SK, D>(Kg, nb11, k_max - rb - kstep, stK + (buf ^ 1) * WK::BYTES, lane);
+        tq_fa_copy16<SV, D>(Vg, nb21, k_max - rb - kstep, stV + (buf ^ 1) * WV::BYTES, lane);
+        tq_fa_cp_commit();
+        tq_fa_cp_wait<1>();
+        const uint8_t * sk = stK + buf * WK::BYTES;
+        const uint8_t * sv = stV + buf * WV::BYTES;
 
         /* scores: sc[2i + e] is row rb + j + 8i, head 2c + e */
+        const uint8_t * kr0 = sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j);
+        const uint8_t * kr1 = sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j + 8);
         float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        {
-            /* a lane's D/4 dims lie in one block (QK is a multiple of D/4) */
-            const uint8_t * kb0 = (const uint8_t *) K + (int64_t) (rb + j) * nb11 + (DQ * c / SK::QK) * SK::NB;
-            const uint8_t * kb1 = kb0 + 8 * nb11;
 #pragma unroll
-            for (int q = 0; q < DQ / 8; q++) {
-                uint32_t x0[4];
-                uint32_t x1[4];
-                tq_fa_row8<SK, ROWK>(kb0, rb + j < k_max, DQ * c % SK::QK + 8 * q, htK, x0);
-                tq_fa_row8<SK, ROWK>(kb1, rb + j + 8 < k_max, DQ * c % SK::QK + 8 * q, htK, x1);
-                tq_fa_mma4(sc, x0[0], x1[0], x0[1], x1[1], qb[2 * q][0], qb[2 * q][1]);
-                tq_fa_mma4(sc, x0[2], x1[2], x0[3], x1[3], qb[2 * q + 1][0], qb[2 * q + 1][1]);
-            }
+        for (int q = 0; q < D / 32; q++) {
+            /* dims 32q + 8c .. +7 lie in one block (QK is a multiple of 32) */
+            const int bo = (32 * q / SK::QK) * SK::NB;
+            const int j0 = 32 * q % SK::QK + 8 * c;
+            uint32_t x0[4];
+            uint32_t x1[4];
+            tq_fa_row8<SK, ROWK>(kr0 + bo, j0, htK, x0);
+            tq_fa_row8<SK, ROWK>(kr1 + bo, j0, htK, x1);
+            tq_fa_mma4(sc, x0[0], x1[0], x0[1], x1[1], qb[2 * q][0], qb[2 * q][1]);
+            tq_fa_mma4(sc, x0[2], x1[2], x0[3], x1[3], qb[2 * q + 1][0], qb[2 * q + 1][1]);
         }
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int r = rb + j + 8 * i;
             if (r < k_max) {
-                const float dk = ROWK ? __half2float(*(const half *) (K + (int64_t) r * nb11)) : 1.0f;
+                const float dk = ROWK ? __half2float(*(const half *) (i ? kr1 : kr0)) : 1.0f;
                 const float mv = maskh ? __half2float(maskh[r]) : 0.0f;
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
@@ -824,7 +919,7 @@ static __global__ void tq_flash_attn_ext_mma(
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int r = rb + j + 8 * i;
-            const float dv = ROWV ? (r < k_max ? __half2float(*(const half *) (V + (int64_t) r * nb21)) : 0.0f) : 1.0f;
+            const float dv = ROWV ? (r < k_max ? __half2float(*(const half *) (sv + tq_fa_staged_row<WV::RS>(Vg, nb21, j + 8 * i))) : 0.0f) : 1.0f;
             ph[i] = tq_fa_h2(sc[2 * i] * dv, sc[2 * i + 1] * dv);
         }
         /* P^T as B fragment: rows 2c, 2c+1 (pb[0]) and 2c+8, 2c+9 (pb[1]) of head j, from the
@@ -853,15 +948,14 @@ static __global__ void tq_flash_attn_ext_mma(
 
         {
             /* a lane's D/8 dims lie in one block */
-            const int r = rb + 2 * c;
-            const uint8_t * vb = (const uint8_t *) V + (int64_t) r * nb21 + (DV * j / SV::QK) * SV::NB;
 #pragma unroll
             for (int q = 0; q < DV / 8; q++) {
-                uint32_t x[4][4]; /* rows r, r+1, r+8, r+9 at dims D/8*j + 8q .. +7 */
+                uint32_t x[4][4]; /* rows rb + 2c, +1, +8, +9 at dims D/8*j + 8q .. +7 */
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    const int dr = (i % 2) + 8 * (i / 2);
-                    tq_fa_row8<SV, ROWV>(vb + dr * nb21, r + dr < k_max, DV * j % SV::QK + 8 * q, htV, x[i]);
+                    const int r = 2 * c + (i % 2) + 8 * (i / 2);
+                    tq_fa_row8<SV, ROWV>(sv + tq_fa_staged_row<WV::RS>(Vg, nb21, r) + (DV * j / SV::QK) * SV::NB,
+                        DV * j % SV::QK + 8 * q, htV, x[i]);
                 }
 #pragma unroll
                 for (int u = 0; u < 4; u++) {
@@ -981,7 +1075,14 @@ static constexpr bool tq_fa_uses_mma()
 {
     typedef tq_fa_staged<type_K> SK;
     typedef tq_fa_staged<type_V> SV;
-    return SK::H8 && SV::H8 && SK::QK % (D / 4) == 0 && SV::QK % (D / 8) == 0;
+    return SK::H8 && SV::H8 && SK::QK % 32 == 0 && SV::QK % (D / 8) == 0;
+}
+
+/* Dynamic shared memory of tq_flash_attn_ext_mma, bytes: each warp's two K and V buffers. */
+template <int D, ggml_type type_K, ggml_type type_V>
+static constexpr size_t tq_fa_mma_smem()
+{
+    return (TQ_FA_NTHREADS / WARP_SIZE) * 2 * (tq_fa_win<tq_fa_staged<type_K>, D>::BYTES + tq_fa_win<tq_fa_staged<type_V>, D>::BYTES);
 }
 
 template <int D, int G, ggml_type type_K, ggml_type type_V, bool ROT>
@@ -990,8 +1091,11 @@ static void tq_fa_launch(ggml_backend_cuda_context & ctx, ggml_tensor * dst)
     typedef tq_fa_staged<type_K> SK;
     typedef tq_fa_staged<type_V> SV;
     if constexpr (tq_fa_uses_mma<D, type_K, type_V>()) {
-        launch_fattn<D, 1, G>(ctx, dst, tq_flash_attn_ext_mma<D, G, type_K, type_V, ROT>, TQ_FA_NTHREADS / WARP_SIZE,
-            0, 16 * (TQ_FA_NTHREADS / WARP_SIZE), false, false, false, false);
+        constexpr size_t nbytes = tq_fa_mma_smem<D, type_K, type_V>();
+        fattn_kernel_t kernel = tq_flash_attn_ext_mma<D, G, type_K, type_V, ROT>;
+        CUDA_SET_SHARED_MEMORY_LIMIT(kernel, nbytes);
+        launch_fattn<D, 1, G>(ctx, dst, kernel, TQ_FA_NTHREADS / WARP_SIZE,
+            nbytes, 16 * (TQ_FA_NTHREADS / WARP_SIZE), false, false, false, false);
     } else {
         static_assert(!ROT, "the output rotation is in the mma kernel only");
         constexpr int T = tq_fa_rows<D, G, type_K, type_V>();
