@@ -401,6 +401,46 @@ template <int B, int N> struct tq_cu_staged {
             out[2 * h + 1] = tq_cu_prmt(lb, hb, 0x7362u);
         }
     }
+    /* The order of the words levels8x2_h returns: word u holds values pfirst(u) (low half)
+     * and pfirst(u) + PSTEP of the 8. */
+    static constexpr int PSTEP = F::lo_bits == 2 ? 2 : 1;
+    static TQ_CU_HD constexpr int pfirst(int u) { return F::lo_bits == 2 ? (u % 2) * 4 + u / 2 : 2 * u; }
+
+    /* levels8_h of two rows' 8 values (a: lo_a, hi_a; b: lo_b, hi_b, as bits8 gives them) in
+     * the order pfirst / PSTEP. For 2-bit low planes (B = 2, 3) both rows' index bits are
+     * spread in one pass of 32-bit operations, and the values go to the selectors by parity
+     * (the low bits of values 0, 2, 4, 6 are already the low bits of nibbles 0..3 of the
+     * plane), which takes about half the instructions of levels8_h's natural order; the
+     * flash-attention kernel permutes Q or the output dims to match. B = 4 keeps levels8_h. */
+    static TQ_CU_HD void levels8x2_h(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b, const hlut &t,
+                                     uint32_t a[4], uint32_t b[4])
+    {
+        if (F::lo_bits != 2) {
+            levels8_h(lo_a, hi_a, t, a);
+            levels8_h(lo_b, hi_b, t, b);
+            return;
+        }
+        const uint32_t l = tq_cu_prmt(lo_a, lo_b, 0x5410u); /* a's 16 bits, then b's */
+        uint32_t se = l & 0x33333333u;                      /* nibble k: value 2k's low bits */
+        uint32_t so = (l >> 2) & 0x33333333u;               /* value 2k+1's */
+        if (B == 3) {
+            uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x5410u);   /* top bit of value i at bit i */
+            h = (h | h << 4) & 0x0F0F0F0Fu;
+            h = (h | h << 2) & 0x33333333u;
+            h = (h | h << 1) & 0x55555555u;                /* ... at bit 2i */
+            se |= (h << 2) & 0x44444444u;
+            so |= h & 0x44444444u;
+        }
+        const uint32_t sel[4] = {se, so, se >> 16, so >> 16};
+        for (int k = 0; k < 4; k++) {
+            uint32_t *out = k < 2 ? a : b;
+            const uint32_t lb = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], sel[k]);
+            const uint32_t hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sel[k]);
+            out[2 * (k % 2)] = tq_cu_prmt(lb, hb, 0x5140u);
+            out[2 * (k % 2) + 1] = tq_cu_prmt(lb, hb, 0x7362u);
+        }
+    }
+
     /* Values j0 .. j0+7 (j0 % 8 == 0) of the block whose first byte is blk (a row in memory,
      * 2-byte aligned) as fp16 bits, two per word (value 2i in the low half of out[i]):
      * fp16_rn(tq_cu_decode_one(blk, j)) bit for bit, the conversion of a turbo K/V to f16

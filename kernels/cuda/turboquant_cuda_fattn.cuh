@@ -70,6 +70,14 @@ struct tq_fa_staged_q8_0 {
             out[i] = *(const uint32_t *) &h;
         }
     }
+    static constexpr int PSTEP = 1;
+    static __device__ constexpr int pfirst(int u) { return 2 * u; }
+    static __device__ __forceinline__ void levels8x2_h(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b,
+            const hlut & t, uint32_t a[4], uint32_t b[4])
+    {
+        levels8_h(lo_a, hi_a, t, a);
+        levels8_h(lo_b, hi_b, t, b);
+    }
     static __device__ float lut_entry(int) { return 0.0f; }
     static __device__ __forceinline__ float scale(const uint8_t *sb) { return __half2float(*(const half *) (sb + 14)); }
     static __device__ __forceinline__ void levels8(const uint8_t *sb, int j0, const float *, float out[8])
@@ -614,25 +622,26 @@ static __device__ __forceinline__ void tq_fa_mma4(float c[4], uint32_t a0, uint3
 #endif
 }
 
-/* 8 values of a staged row as fp16 (4 x half2, values 2i and 2i+1 in out[i]): values
- * j0 .. j0+7 of the block blk. Where a row is one block (ROW) the scale stays out, else each
- * value is d * level. Rows past the end are decoded too, from whatever their staged copy
- * holds (zeros, or an earlier row's bytes: finite): their scores are replaced and their
- * probabilities are 0. */
+/* 8 values of two staged rows as fp16 (4 x half2 each, word u holding values S::pfirst(u)
+ * and S::pfirst(u) + S::PSTEP): values j0 .. j0+7 of the blocks blk_a and blk_b. Where a row
+ * is one block (ROW) the scale stays out, else each value is d * level. Rows past the end
+ * are decoded too, from whatever their staged copy holds (zeros, or an earlier row's bytes:
+ * finite): their scores are replaced and their probabilities are 0. */
 template <typename S, bool ROW>
-static __device__ __forceinline__ void tq_fa_row8(const uint8_t * GGML_CUDA_RESTRICT blk, int j0,
-        const typename S::hlut & ht, uint32_t out[4])
+static __device__ __forceinline__ void tq_fa_rows8x2(const uint8_t * GGML_CUDA_RESTRICT blk_a,
+        const uint8_t * GGML_CUDA_RESTRICT blk_b, int j0, const typename S::hlut & ht, uint32_t a[4], uint32_t b[4])
 {
-    uint32_t lo;
-    uint32_t hi;
-    S::bits8(blk, j0, lo, hi);
-    S::levels8_h(lo, hi, ht, out);
+    uint32_t lo_a, hi_a, lo_b, hi_b;
+    S::bits8(blk_a, j0, lo_a, hi_a);
+    S::bits8(blk_b, j0, lo_b, hi_b);
+    S::levels8x2_h(lo_a, hi_a, lo_b, hi_b, ht, a, b);
     if (!ROW) {
-        const half2 d2 = __half2half2(*(const half *) blk);
-        half2 * h2 = (half2 *) out;
+        const half2 da = __half2half2(*(const half *) blk_a);
+        const half2 db = __half2half2(*(const half *) blk_b);
 #pragma unroll
         for (int l = 0; l < 4; l++) {
-            h2[l] = __hmul2(h2[l], d2);
+            ((half2 *) a)[l] = __hmul2(((half2 *) a)[l], da);
+            ((half2 *) b)[l] = __hmul2(((half2 *) b)[l], db);
         }
     }
 }
@@ -799,7 +808,8 @@ static __global__ void tq_flash_attn_ext_mma(
     SK::hlut_init(htK);
     SV::hlut_init(htV);
 
-    /* queries of head j as B fragments: step s holds dims 32(s/2) + 8c + 4(s%2) .. +3 */
+    /* queries of head j as B fragments, in the order the K words come (tq_fa_rows8x2): qb[s][e]
+     * holds dims 32(s/2) + 8c + SK::pfirst(u), + SK::PSTEP, u = 2(s%2) + e */
     ggml_cuda_pdl_sync();
     uint32_t qb[D / 16][2];
     {
@@ -807,10 +817,11 @@ static __global__ void tq_flash_attn_ext_mma(
         const float z = j < ng ? scale : 0.0f;
 #pragma unroll
         for (int s = 0; s < D / 16; s++) {
-            const float2 x = *(const float2 *) (qrow + 32 * (s / 2) + 4 * (s % 2));
-            const float2 y = *(const float2 *) (qrow + 32 * (s / 2) + 4 * (s % 2) + 2);
-            qb[s][0] = tq_fa_h2(x.x * z, x.y * z);
-            qb[s][1] = tq_fa_h2(y.x * z, y.y * z);
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float * x = qrow + 32 * (s / 2) + SK::pfirst(2 * (s % 2) + e);
+                qb[s][e] = tq_fa_h2(x[0] * z, x[SK::PSTEP] * z);
+            }
         }
     }
 
@@ -826,7 +837,8 @@ static __global__ void tq_flash_attn_ext_mma(
 
     float mh[2] = {-FLT_MAX / 2.0f, -FLT_MAX / 2.0f}; /* running max of heads 2c, 2c+1 */
     float lh[2] = {0.0f, 0.0f};                       /* this lane's part of their sums */
-    float acc[D / 16][4]; /* O^T: dims D/8*j + 2t (+1 in [2], [3]), heads 2c ([0], [2]), 2c+1 */
+    float acc[D / 16][4]; /* O^T: dims D/8*j + 8(t/4) + SV::pfirst(t%4) (+ SV::PSTEP in [2], [3]),
+                           * heads 2c ([0], [2]), 2c+1 */
 #pragma unroll
     for (int t = 0; t < D / 16; t++) {
 #pragma unroll
@@ -873,8 +885,7 @@ static __global__ void tq_flash_attn_ext_mma(
             const int j0 = 32 * q % SK::QK + 8 * c;
             uint32_t x0[4];
             uint32_t x1[4];
-            tq_fa_row8<SK, ROWK>(kr0 + bo, j0, htK, x0);
-            tq_fa_row8<SK, ROWK>(kr1 + bo, j0, htK, x1);
+            tq_fa_rows8x2<SK, ROWK>(kr0 + bo, kr1 + bo, j0, htK, x0, x1);
             tq_fa_mma4(sc, x0[0], x1[0], x0[1], x1[1], qb[2 * q][0], qb[2 * q][1]);
             tq_fa_mma4(sc, x0[2], x1[2], x0[3], x1[3], qb[2 * q + 1][0], qb[2 * q + 1][1]);
         }
@@ -950,12 +961,13 @@ static __global__ void tq_flash_attn_ext_mma(
             /* a lane's D/8 dims lie in one block */
 #pragma unroll
             for (int q = 0; q < DV / 8; q++) {
-                uint32_t x[4][4]; /* rows rb + 2c, +1, +8, +9 at dims D/8*j + 8q .. +7 */
+                uint32_t x[4][4]; /* rows rb + 2c, +1, +8, +9 at dims D/8*j + 8q + SV::pfirst(u), + SV::PSTEP */
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int r = 2 * c + (i % 2) + 8 * (i / 2);
-                    tq_fa_row8<SV, ROWV>(sv + tq_fa_staged_row<WV::RS>(Vg, nb21, r) + (DV * j / SV::QK) * SV::NB,
-                        DV * j % SV::QK + 8 * q, htV, x[i]);
+                for (int i = 0; i < 4; i += 2) {
+                    const int r = 2 * c + 8 * (i / 2);
+                    const int bo = (DV * j / SV::QK) * SV::NB;
+                    tq_fa_rows8x2<SV, ROWV>(sv + tq_fa_staged_row<WV::RS>(Vg, nb21, r) + bo,
+                        sv + tq_fa_staged_row<WV::RS>(Vg, nb21, r + 1) + bo, DV * j % SV::QK + 8 * q, htV, x[i], x[i + 1]);
                 }
 #pragma unroll
                 for (int u = 0; u < 4; u++) {
@@ -986,14 +998,14 @@ static __global__ void tq_flash_attn_ext_mma(
     }
 #pragma unroll
     for (int t = 0; t < D / 16; t++) {
-        const int d = DV * j + 2 * t;
+        const int d = DV * j + 8 * (t / 4) + SV::pfirst(t % 4);
         if (2 * c < G) {
-            Os[warp][2 * c][d]     = acc[t][0];
-            Os[warp][2 * c][d + 1] = acc[t][2];
+            Os[warp][2 * c][d]               = acc[t][0];
+            Os[warp][2 * c][d + SV::PSTEP]   = acc[t][2];
         }
         if (2 * c + 1 < G) {
-            Os[warp][2 * c + 1][d]     = acc[t][1];
-            Os[warp][2 * c + 1][d + 1] = acc[t][3];
+            Os[warp][2 * c + 1][d]             = acc[t][1];
+            Os[warp][2 * c + 1][d + SV::PSTEP] = acc[t][3];
         }
     }
     __syncthreads();

@@ -43,8 +43,10 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_decode8(const uint8_t *src, floa
 }
 
 /* Thread t of the GPU flash-attention kernels' decode of turbo2..4: values 8*(t % (N/8))
- * .. +7 of block t / (N/8) as fp16 levels from the index bits (bits8, levels8_h), then
- * d * level in float as the output product scales them. B = 5 has no such path. */
+ * .. +7 of block t / (N/8) as fp16 levels from the index bits (bits8, then by t % 3:
+ * levels8x2_h with the block as both rows, row a's words or row b's put back in order, or
+ * levels8_h), then d * level in float as the output product scales them. B = 5 has no such
+ * path. */
 template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_h(const uint8_t *src, float *y, int64_t t)
 {
     typedef tq_cu_staged<B, N> S;
@@ -57,12 +59,16 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_h(const uint8_t *src, fl
         uint32_t lo;
         uint32_t hi;
         S::bits8(blk, j0, lo, hi);
-        uint32_t h[4];
-        S::levels8_h(lo, hi, ht, h);
+        uint32_t h[3][4];
+        S::levels8x2_h(lo, hi, lo, hi, ht, h[0], h[1]);
+        S::levels8_h(lo, hi, ht, h[2]);
+        const int w = (int)(t % 3);
         const float d = tq_cu_block_scale(blk);
-        for (int l = 0; l < 8; l++) {
-            const float level = tq_cu_half_to_float((uint16_t)(h[l / 2] >> (16 * (l % 2))));
-            y[ib * N + j0 + l] = d * level;
+        for (int u = 0; u < 4; u++) {
+            for (int e = 0; e < 2; e++) {
+                const float level = tq_cu_half_to_float((uint16_t)(h[w][u] >> (16 * e)));
+                y[ib * N + j0 + (w < 2 ? S::pfirst(u) + S::PSTEP * e : 2 * u + e)] = d * level;
+            }
         }
     }
 }
