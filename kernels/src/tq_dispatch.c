@@ -41,7 +41,7 @@ static const struct simd_path *simd(void)
                                           tq_dot_blocks_avx2,
                                           tq_dot_rows_avx2,
                                           tq_mad_rows_avx2};
-    if (__builtin_cpu_supports("avx2")) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         return &avx2;
     }
 #elif defined(TQ_HAVE_NEON)
