@@ -16,16 +16,16 @@ static double lane8_total(const float64x2_t acc[4])
     return vgetq_lane_f64(u, 0) + vgetq_lane_f64(u, 1);
 }
 
-/* acc[j] += a_j * b_j for the 8 values of two float vectors, each widened exactly. */
+/* acc[j] += a_j * b_j for the 8 values of two float vectors, each widened exactly. The
+ * product of two widened floats is exact in double, so the fused multiply-add rounds once to
+ * the same double as the contract's multiply and add. */
 static void accumulate8(float64x2_t acc[4], float32x4_t a0, float32x4_t a1, float32x4_t b0,
                         float32x4_t b1)
 {
-    acc[0] = vaddq_f64(acc[0], vmulq_f64(vcvt_f64_f32(vget_low_f32(a0)),
-                                         vcvt_f64_f32(vget_low_f32(b0))));
-    acc[1] = vaddq_f64(acc[1], vmulq_f64(vcvt_high_f64_f32(a0), vcvt_high_f64_f32(b0)));
-    acc[2] = vaddq_f64(acc[2], vmulq_f64(vcvt_f64_f32(vget_low_f32(a1)),
-                                         vcvt_f64_f32(vget_low_f32(b1))));
-    acc[3] = vaddq_f64(acc[3], vmulq_f64(vcvt_high_f64_f32(a1), vcvt_high_f64_f32(b1)));
+    acc[0] = vfmaq_f64(acc[0], vcvt_f64_f32(vget_low_f32(a0)), vcvt_f64_f32(vget_low_f32(b0)));
+    acc[1] = vfmaq_f64(acc[1], vcvt_high_f64_f32(a0), vcvt_high_f64_f32(b0));
+    acc[2] = vfmaq_f64(acc[2], vcvt_f64_f32(vget_low_f32(a1)), vcvt_f64_f32(vget_low_f32(b1)));
+    acc[3] = vfmaq_f64(acc[3], vcvt_high_f64_f32(a1), vcvt_high_f64_f32(b1));
 }
 
 static void zero4(float64x2_t acc[4])
