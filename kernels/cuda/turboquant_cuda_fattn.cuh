@@ -657,7 +657,6 @@ template <typename S, int D> struct tq_fa_win {
     static constexpr int NCH   = (RB + 14 + 15) / 16;  /* 16-byte chunks that can hold them */
     static constexpr int RS    = 16 * (NCH | 1);       /* staged bytes per row */
     static constexpr int BYTES = 16 * RS;              /* 16 rows */
-    static constexpr int NPL   = (16 * NCH + WARP_SIZE - 1) / WARP_SIZE; /* chunks per lane */
 };
 
 /* Start copying 16 rows, the first at g (row stride nb bytes; rows < nrows exist), into the
