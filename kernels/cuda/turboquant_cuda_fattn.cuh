@@ -873,7 +873,9 @@ static __global__ void tq_flash_attn_ext_mma(
         const uint8_t * sk = stK + buf * WK::BYTES;
         const uint8_t * sv = stV + buf * WV::BYTES;
 
-        /* scores: sc[2i + e] is row rb + j + 8i, head 2c + e */
+        /* scores: sc[2i + e] is row rb + j + 8i, head 2c + e. The staged rows' offsets are
+         * the same in every group but worked out again here (a few integer operations): held
+         * in registers across the loop they made ptxas spill at head size 128. */
         const uint8_t * kr0 = sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j);
         const uint8_t * kr1 = sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j + 8);
         float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};

@@ -76,11 +76,11 @@ INLINE struct lut block_lut(const struct lut *levels, int count, const uint8_t *
 }
 
 INLINE __m256d lo_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
+INLINE __m256d hi_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
 /* acc + a * b in one rounding, for a and b widened from floats: their product is exact in
  * double (48 significant bits), so this is the same number as the multiply and add the
  * reference does, in one instruction. */
 INLINE __m256d add_exact_product(__m256d acc, __m256d a, __m256d b) { return _mm256_fmadd_pd(a, b, acc); }
-INLINE __m256d hi_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
 
 /* ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)) with lo = a0..a3 and hi = a4..a7. */
 INLINE double lane8_total(__m256d lo, __m256d hi)
