@@ -353,10 +353,18 @@ template <int B, int N> struct tq_cu_staged {
      * 8 x lo_bits bits, hi their top bits (B = 3, 5; else 0). */
     static TQ_CU_HD void bits8(const uint8_t *blk, int j0, uint32_t &lo, uint32_t &hi)
     {
+        bits8_at(blk + lo_at(j0), blk + hi_at(j0), lo, hi);
+    }
+    /* Where bits8's planes of values j0 .. j0+7 start in their block, bytes; linear in j0, so
+     * a kernel can keep a lane's part in a pointer and the rest in load offsets. */
+    static TQ_CU_HD constexpr int lo_at(int j0) { return 2 + j0 * F::lo_bits / 8; }
+    static TQ_CU_HD constexpr int hi_at(int j0) { return F::hi_offset + j0 / 8; }
+    /* bits8 from the planes' bytes: lo_p = blk + lo_at(j0), hi_p = blk + hi_at(j0). */
+    static TQ_CU_HD void bits8_at(const uint8_t *lo_p, const uint8_t *hi_p, uint32_t &lo, uint32_t &hi)
+    {
         constexpr int LB = F::lo_bits;
-        lo = LB == 2 ? tq_cu_load_u16(blk + 2 + j0 / 4)
-                     : tq_cu_load_u16(blk + 2 + j0 / 2) | tq_cu_load_u16(blk + 4 + j0 / 2) << 16;
-        hi = LB != B ? blk[F::hi_offset + j0 / 8] : 0u;
+        lo = LB == 2 ? tq_cu_load_u16(lo_p) : tq_cu_load_u16(lo_p) | tq_cu_load_u16(lo_p + 2) << 16;
+        hi = LB != B ? *hi_p : 0u;
     }
     /* The 8 values of bits8 as fp16 codebook levels before the scale, fp16(lut_entry(idx))
      * bit for bit: out[i] holds values 2i (low half) and 2i+1. Byte permutes of the tables
@@ -438,6 +446,63 @@ template <int B, int N> struct tq_cu_staged {
             const uint32_t hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sel[k]);
             out[2 * (k % 2)] = tq_cu_prmt(lb, hb, 0x5140u);
             out[2 * (k % 2) + 1] = tq_cu_prmt(lb, hb, 0x7362u);
+        }
+    }
+
+    /* levels8_h of two rows' 8 values paired by value (B <= 4): out[v] holds value v of row a
+     * (low half) and value v of row b, the two rows of one dim as the flash-attention kernel's
+     * V^T operand takes them. The rows' low planes are interleaved by byte before the
+     * selectors are cut, so each selector word holds a's and b's indices of the same two
+     * values, and the byte permute that joins a level's low and high bytes pairs the rows
+     * too: none is left to pair them afterwards (levels8x2_h's words take 16 more per 8
+     * values). */
+    static constexpr bool PAIRED = H8;
+    static TQ_CU_HD void levels8p_h(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b, const hlut &t,
+                                    uint32_t out[8])
+    {
+        constexpr int LB = F::lo_bits;
+        uint32_t sel[4]; /* nibbles: a's and b's indices of values v, v' (k = 0..3: v = 0, 1, 4, 5
+                          * and v' = v + 2 for 2-bit planes; v = 0, 2, 4, 6 and v' = v + 1 for 4-bit) */
+        if (LB == 2) {
+            const uint32_t l = tq_cu_prmt(lo_a, lo_b, 0x5140u); /* values 0-3 of a, of b, 4-7 of a, of b */
+            uint32_t se = l & 0x33333333u;                      /* a0 a2 b0 b2 a4 a6 b4 b6 */
+            uint32_t so = (l >> 2) & 0x33333333u;               /* a1 a3 b1 b3 a5 a7 b5 b7 */
+            if (B == 3) {
+                uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x4040u);     /* the top bits in l's order, */
+                h = (h & 0x00000F0Fu) | ((h >> 4) & 0x0F0F0000u); /* one nibble per byte, */
+                h = (h | h << 2) & 0x33333333u;
+                h = (h | h << 1) & 0x55555555u;                  /* then the p-th at bit 2p */
+                se |= (h << 2) & 0x44444444u;
+                so |= h & 0x44444444u;
+            }
+            sel[0] = se;
+            sel[1] = so;
+            sel[2] = se >> 16;
+            sel[3] = so >> 16;
+        } else {
+            const uint32_t l0 = tq_cu_prmt(lo_a, lo_b, 0x5140u); /* a0 a1 b0 b1 a2 a3 b2 b3 */
+            const uint32_t l1 = tq_cu_prmt(lo_a, lo_b, 0x7362u); /* a4 a5 b4 b5 a6 a7 b6 b7 */
+            sel[0] = l0;
+            sel[1] = l0 >> 16;
+            sel[2] = l1;
+            sel[3] = l1 >> 16;
+        }
+        for (int k = 0; k < 4; k++) {
+            uint32_t lb; /* the low bytes of the levels of a's v, v', b's v, v' */
+            uint32_t hb; /* their high bytes */
+            if (B == 4) {
+                /* levels 0-7 or 8-15 per byte: selector nibble i = i + 4 * top bit */
+                const uint32_t s = sel[k] & 0x7777u;
+                const uint32_t ch = ((sel[k] >> 3) & 0x1111u) * 4u + 0x3210u;
+                lb = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], s), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], s), ch);
+                hb = tq_cu_prmt(tq_cu_prmt(t.hi[0], t.hi[1], s), tq_cu_prmt(t.hi[2 % NT8], t.hi[3 % NT8], s), ch);
+            } else {
+                lb = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], sel[k]);
+                hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sel[k]);
+            }
+            const int v = LB == 2 ? (k % 2) + 4 * (k / 2) : 2 * k;
+            out[v] = tq_cu_prmt(lb, hb, 0x6240u);
+            out[v + (LB == 2 ? 2 : 1)] = tq_cu_prmt(lb, hb, 0x7351u);
         }
     }
 

@@ -54,9 +54,14 @@ struct tq_fa_staged_q8_0 {
     /* values j0 .. j0+7 of the block blk (2-byte aligned): bytes 0-3 in lo, 4-7 in hi */
     static __device__ __forceinline__ void bits8(const uint8_t *blk, int j0, uint32_t &lo, uint32_t &hi)
     {
-        const uint16_t *q = (const uint16_t *) (blk + 2 + j0);
-        lo = q[0] | (uint32_t) q[1] << 16;
-        hi = q[2] | (uint32_t) q[3] << 16;
+        bits8_at(blk + lo_at(j0), blk + hi_at(j0), lo, hi);
+    }
+    static __device__ constexpr int lo_at(int j0) { return 2 + j0; }
+    static __device__ constexpr int hi_at(int j0) { return 6 + j0; }
+    static __device__ __forceinline__ void bits8_at(const uint8_t *lo_p, const uint8_t *hi_p, uint32_t &lo, uint32_t &hi)
+    {
+        lo = *(const uint16_t *) lo_p | (uint32_t) *(const uint16_t *) (lo_p + 2) << 16;
+        hi = *(const uint16_t *) hi_p | (uint32_t) *(const uint16_t *) (hi_p + 2) << 16;
     }
     /* int8 x as fp16: the bits 0x6400 | (x + 128) are 1024 + x + 128, less 1152 */
     static __device__ __forceinline__ void levels8_h(uint32_t lo, uint32_t hi, const hlut &, uint32_t out[4])
@@ -71,6 +76,7 @@ struct tq_fa_staged_q8_0 {
         }
     }
     static constexpr int PSTEP = 1;
+    static constexpr bool PAIRED = false;
     static __device__ constexpr int pfirst(int u) { return 2 * u; }
     static __device__ __forceinline__ void levels8x2_h(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b,
             const hlut & t, uint32_t a[4], uint32_t b[4])
@@ -622,26 +628,79 @@ static __device__ __forceinline__ void tq_fa_mma4(float c[4], uint32_t a0, uint3
 #endif
 }
 
+/* A lane's run of values in a staged row, from value jl of the row on: where the index planes
+ * of values jl .. jl+7 start (lo, hi) and the block holding them (blk, whose first bytes are
+ * its scale). The mma kernel's loads then take their offsets from these pointers as
+ * immediates: bits8 of values jl + J is at lo + dlo(J), hi + dhi(J) for any J % 8 == 0 that
+ * keeps jl % QK + J % QK inside a block, and another row at a fixed distance is at(). */
+template <typename S> struct tq_fa_lane {
+    const uint8_t * blk;
+    const uint8_t * lo;
+    const uint8_t * hi;
+
+    __device__ __forceinline__ tq_fa_lane(const uint8_t * row, int jl)
+        : blk(row + (jl / S::QK) * S::NB), lo(blk + S::lo_at(jl % S::QK)), hi(blk + S::hi_at(jl % S::QK)) {}
+    __device__ __forceinline__ tq_fa_lane(const uint8_t * b, const uint8_t * l, const uint8_t * h) : blk(b), lo(l), hi(h) {}
+
+    static __device__ constexpr int dlo(int J) { return (J / S::QK) * S::NB + S::lo_at(J % S::QK) - S::lo_at(0); }
+    static __device__ constexpr int dhi(int J) { return (J / S::QK) * S::NB + S::hi_at(J % S::QK) - S::hi_at(0); }
+    /* the same run in the row nbytes further on */
+    __device__ __forceinline__ tq_fa_lane at(int nbytes) const { return tq_fa_lane(blk + nbytes, lo + nbytes, hi + nbytes); }
+    __device__ __forceinline__ void bits8(int J, uint32_t & l, uint32_t & h) const { S::bits8_at(lo + dlo(J), hi + dhi(J), l, h); }
+    /* the scale of the block holding values jl + J, as half2 */
+    __device__ __forceinline__ half2 scale2(int J) const { return __half2half2(*(const half *) (blk + (J / S::QK) * S::NB)); }
+};
+
 /* 8 values of two staged rows as fp16 (4 x half2 each, word u holding values S::pfirst(u)
- * and S::pfirst(u) + S::PSTEP): values j0 .. j0+7 of the blocks blk_a and blk_b. Where a row
+ * and S::pfirst(u) + S::PSTEP): values jl + J .. +7 of the lanes' runs a and b. Where a row
  * is one block (ROW) the scale stays out, else each value is d * level. Rows past the end
  * are decoded too, from whatever their staged copy holds (zeros, or an earlier row's bytes:
  * finite): their scores are replaced and their probabilities are 0. */
 template <typename S, bool ROW>
-static __device__ __forceinline__ void tq_fa_rows8x2(const uint8_t * GGML_CUDA_RESTRICT blk_a,
-        const uint8_t * GGML_CUDA_RESTRICT blk_b, int j0, const typename S::hlut & ht, uint32_t a[4], uint32_t b[4])
+static __device__ __forceinline__ void tq_fa_rows8x2(const tq_fa_lane<S> & ra, const tq_fa_lane<S> & rb, int J,
+        const typename S::hlut & ht, uint32_t a[4], uint32_t b[4])
 {
     uint32_t lo_a, hi_a, lo_b, hi_b;
-    S::bits8(blk_a, j0, lo_a, hi_a);
-    S::bits8(blk_b, j0, lo_b, hi_b);
+    ra.bits8(J, lo_a, hi_a);
+    rb.bits8(J, lo_b, hi_b);
     S::levels8x2_h(lo_a, hi_a, lo_b, hi_b, ht, a, b);
     if (!ROW) {
-        const half2 da = __half2half2(*(const half *) blk_a);
-        const half2 db = __half2half2(*(const half *) blk_b);
+        const half2 da = ra.scale2(J);
+        const half2 db = rb.scale2(J);
 #pragma unroll
         for (int l = 0; l < 4; l++) {
             ((half2 *) a)[l] = __hmul2(((half2 *) a)[l], da);
             ((half2 *) b)[l] = __hmul2(((half2 *) b)[l], db);
+        }
+    }
+}
+
+/* Values jl + J .. +7 of two staged rows paired by value, as the V^T operand of the output
+ * product takes them: out[v] holds value v of row a (low half) and of row b. levels8p_h
+ * where the format has it, else tq_fa_rows8x2's words paired by byte permutes. */
+template <typename S, bool ROW>
+static __device__ __forceinline__ void tq_fa_pairs8(const tq_fa_lane<S> & ra, const tq_fa_lane<S> & rb, int J,
+        const typename S::hlut & ht, uint32_t out[8])
+{
+    if constexpr (S::PAIRED) {
+        uint32_t lo_a, hi_a, lo_b, hi_b;
+        ra.bits8(J, lo_a, hi_a);
+        rb.bits8(J, lo_b, hi_b);
+        S::levels8p_h(lo_a, hi_a, lo_b, hi_b, ht, out);
+        if (!ROW) {
+            const half2 d = __lows2half2(ra.scale2(J), rb.scale2(J));
+#pragma unroll
+            for (int v = 0; v < 8; v++) {
+                ((half2 *) out)[v] = __hmul2(((half2 *) out)[v], d);
+            }
+        }
+    } else {
+        uint32_t a[4], b[4];
+        tq_fa_rows8x2<S, ROW>(ra, rb, J, ht, a, b);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            out[S::pfirst(u)]            = __byte_perm(a[u], b[u], 0x5410);
+            out[S::pfirst(u) + S::PSTEP] = __byte_perm(a[u], b[u], 0x7632);
         }
     }
 }
@@ -659,33 +718,54 @@ template <typename S, int D> struct tq_fa_win {
     static constexpr int BYTES = 16 * RS;              /* 16 rows */
 };
 
-/* Start copying 16 rows, the first at g (row stride nb bytes; rows < nrows exist), into the
- * staged rows st (16-byte aligned shared memory), one cp.async group per call: slot i = lane +
- * 32m of the 16 x RS/16 chunk slots lands at byte 16 i of st (row i / (RS/16)). */
-template <typename S, int D>
-static __device__ __forceinline__ void tq_fa_copy16(const char * g, int64_t nb, int nrows, uint8_t * st, int lane)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+/* One lane's share of copying a warp's 16 rows into its staged rows (cp.async, one group per
+ * call of copy): slot i = lane + 32 m of the 16 x RS/16 chunk slots of a buffer lands at byte
+ * 16 i, and is chunk i % (RS/16) of row i / (RS/16) where that chunk holds bytes of the row
+ * (else the slot is idle). A row's offset within its first chunk is the same in every group
+ * of the warp (they lie a multiple of 64 rows apart, and 64 rows are a multiple of 16 bytes
+ * at any row stride), so the slots' source offsets and which slots copy are worked out once,
+ * before the loop: a group then costs an add and a cp.async per slot. */
+template <typename S, int D> struct tq_fa_copier {
     typedef tq_fa_win<S, D> W;
-    constexpr int NS  = W::RS / 16;                            /* slots per row */
-    constexpr int NPL = (16 * NS + WARP_SIZE - 1) / WARP_SIZE; /* slots per lane */
-    const uint32_t a = (uint32_t) __cvta_generic_to_shared(st) + 16 * lane;
+    static constexpr int NS  = W::RS / 16;                           /* slots per row */
+    static constexpr int NPL = (16 * NS + WARP_SIZE - 1) / WARP_SIZE; /* slots per lane */
+    int      src[NPL]; /* bytes from a group's first row to the slot's chunk */
+    uint32_t ok;       /* bit m: slot m copies */
+
+    /* g: the first row of any of the warp's groups (row stride nb bytes) */
+    __device__ __forceinline__ tq_fa_copier(const char * g, int nb, int lane) : ok(0u)
+    {
 #pragma unroll
-    for (int m = 0; m < NPL; m++) {
-        const int i  = lane + WARP_SIZE * m;
-        const int r  = i / NS;
-        const int ch = i % NS;
-        const char * p   = g + r * (int) nb;
-        const int    off = (int) ((uintptr_t) p & 15);
-        /* a chunk past the row's last byte may lie past the buffer */
-        if ((16 * NS % WARP_SIZE == 0 || i < 16 * NS) && ch < W::NCH && 16 * ch < off + W::RB && r < nrows) {
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" : : "r"(a + 16 * WARP_SIZE * m), "l"(p - off + 16 * ch));
+        for (int m = 0; m < NPL; m++) {
+            const int i   = lane + WARP_SIZE * m;
+            const int r   = i / NS;
+            const int ch  = i % NS;
+            const int off = (int) ((uintptr_t) (g + r * nb) & 15);
+            src[m] = r * nb - off + 16 * ch;
+            /* a chunk past the row's last byte may lie past the buffer */
+            ok |= (16 * NS % WARP_SIZE == 0 || i < 16 * NS) && ch < W::NCH && 16 * ch < off + W::RB ? 1u << m : 0u;
         }
     }
+
+    /* Start copying the 16 rows from g (rows < nrows exist) into the buffer st (16-byte
+     * aligned shared memory). */
+    __device__ __forceinline__ void copy(const char * g, int nrows, const uint8_t * st, int lane) const
+    {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        const uint32_t a = (uint32_t) __cvta_generic_to_shared(st) + 16 * lane;
+        /* slots lie in row order: slot i's row exists if i < nrows NS */
+        const int lim = nrows * NS - lane;
+#pragma unroll
+        for (int m = 0; m < NPL; m++) {
+            if ((ok & (1u << m)) && WARP_SIZE * m < lim) {
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" : : "r"(a + 16 * WARP_SIZE * m), "l"(g + src[m]));
+            }
+        }
 #else
-    GGML_UNUSED_VARS(g, nb, nrows, st, lane);
+        GGML_UNUSED_VARS(g, nrows, st, lane);
 #endif
-}
+    }
+};
 
 static __device__ __forceinline__ void tq_fa_cp_commit()
 {
@@ -858,16 +938,18 @@ static __global__ void tq_flash_attn_ext_mma(
     int rb = blockIdx.y * T + 16 * warp;
     const char * Kg = K + (int64_t) rb * nb11; /* the group's first rows */
     const char * Vg = V + (int64_t) rb * nb21;
-    tq_fa_copy16<SK, D>(Kg, nb11, k_max - rb, stK, lane);
-    tq_fa_copy16<SV, D>(Vg, nb21, k_max - rb, stV, lane);
+    const tq_fa_copier<SK, D> cpK(Kg, nb11, lane);
+    const tq_fa_copier<SV, D> cpV(Vg, nb21, lane);
+    cpK.copy(Kg, k_max - rb, stK, lane);
+    cpV.copy(Vg, k_max - rb, stV, lane);
     tq_fa_cp_commit();
 
     for (int buf = 0; rb < k_max; rb += kstep, buf ^= 1) {
         __syncwarp(); /* the warp is done reading the other buffers (the group before last) */
         Kg += (int64_t) kstep * nb11;
         Vg += (int64_t) kstep * nb21;
-        tq_fa_copy16<SK, D>(Kg, nb11, k_max - rb - kstep, stK + (buf ^ 1) * WK::BYTES, lane);
-        tq_fa_copy16<SV, D>(Vg, nb21, k_max - rb - kstep, stV + (buf ^ 1) * WV::BYTES, lane);
+        cpK.copy(Kg, k_max - rb - kstep, stK + (buf ^ 1) * WK::BYTES, lane);
+        cpV.copy(Vg, k_max - rb - kstep, stV + (buf ^ 1) * WV::BYTES, lane);
         tq_fa_cp_commit();
         tq_fa_cp_wait<1>();
         const uint8_t * sk = stK + buf * WK::BYTES;
@@ -877,16 +959,18 @@ static __global__ void tq_flash_attn_ext_mma(
          * the same in every group but worked out again here (a few integer operations): held
          * in registers across the loop they made ptxas spill at head size 128. */
         const uint8_t * kr0 = sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j);
-        const uint8_t * kr1 = sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j + 8);
+        /* rows 8 apart lie 8 nb bytes apart, a multiple of 16 (a row is whole blocks, of an
+         * even size), so their offsets in their first chunk agree */
+        const uint8_t * kr1 = kr0 + 8 * WK::RS;
+        const tq_fa_lane<SK> ka(kr0, 8 * c);
+        const tq_fa_lane<SK> kb = ka.at(8 * WK::RS);
         float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int q = 0; q < D / 32; q++) {
             /* dims 32q + 8c .. +7 lie in one block (QK is a multiple of 32) */
-            const int bo = (32 * q / SK::QK) * SK::NB;
-            const int j0 = 32 * q % SK::QK + 8 * c;
             uint32_t x0[4];
             uint32_t x1[4];
-            tq_fa_rows8x2<SK, ROWK>(kr0 + bo, kr1 + bo, j0, htK, x0, x1);
+            tq_fa_rows8x2<SK, ROWK>(ka, kb, 32 * q, htK, x0, x1);
             tq_fa_mma4(sc, x0[0], x1[0], x0[1], x1[1], qb[2 * q][0], qb[2 * q][1]);
             tq_fa_mma4(sc, x0[2], x1[2], x0[3], x1[3], qb[2 * q + 1][0], qb[2 * q + 1][1]);
         }
@@ -929,9 +1013,10 @@ static __global__ void tq_flash_attn_ext_mma(
             sc[2 + e] = p1;
         }
 #pragma unroll
+        const uint8_t * vr = sv + tq_fa_staged_row<WV::RS>(Vg, nb21, j); /* row j; j + 8 is 8 RS on */
         for (int i = 0; i < 2; i++) {
             const int r = rb + j + 8 * i;
-            const float dv = ROWV ? (r < k_max ? __half2float(*(const half *) (sv + tq_fa_staged_row<WV::RS>(Vg, nb21, j + 8 * i))) : 0.0f) : 1.0f;
+            const float dv = ROWV ? (r < k_max ? __half2float(*(const half *) (vr + 8 * WV::RS * i)) : 0.0f) : 1.0f;
             ph[i] = tq_fa_h2(sc[2 * i] * dv, sc[2 * i + 1] * dv);
         }
         /* P^T as B fragment: rows 2c, 2c+1 (pb[0]) and 2c+8, 2c+9 (pb[1]) of head j, from the
@@ -959,23 +1044,20 @@ static __global__ void tq_flash_attn_ext_mma(
         }
 
         {
-            /* a lane's D/8 dims lie in one block */
+            /* a lane's D/8 dims lie in one block; rows 2c + 8 and 2c + 9 are 8 RS on */
+            const tq_fa_lane<SV> va(sv + tq_fa_staged_row<WV::RS>(Vg, nb21, 2 * c), DV * j);
+            const tq_fa_lane<SV> vb(sv + tq_fa_staged_row<WV::RS>(Vg, nb21, 2 * c + 1), DV * j);
 #pragma unroll
             for (int q = 0; q < DV / 8; q++) {
-                uint32_t x[4][4]; /* rows rb + 2c, +1, +8, +9 at dims D/8*j + 8q + SV::pfirst(u), + SV::PSTEP */
+                uint32_t x[2][8]; /* rows (rb + 2c, +1) and (+8, +9) at dims D/8*j + 8q + v, paired */
 #pragma unroll
-                for (int i = 0; i < 4; i += 2) {
-                    const int r = 2 * c + 8 * (i / 2);
-                    const int bo = (DV * j / SV::QK) * SV::NB;
-                    tq_fa_rows8x2<SV, ROWV>(sv + tq_fa_staged_row<WV::RS>(Vg, nb21, r) + bo,
-                        sv + tq_fa_staged_row<WV::RS>(Vg, nb21, r + 1) + bo, DV * j % SV::QK + 8 * q, htV, x[i], x[i + 1]);
+                for (int i = 0; i < 2; i++) {
+                    tq_fa_pairs8<SV, ROWV>(va.at(8 * WV::RS * i), vb.at(8 * WV::RS * i), 8 * q, htV, x[i]);
                 }
 #pragma unroll
                 for (int u = 0; u < 4; u++) {
-                    tq_fa_mma4(acc[4 * q + u],
-                        __byte_perm(x[0][u], x[1][u], 0x5410), __byte_perm(x[0][u], x[1][u], 0x7632),
-                        __byte_perm(x[2][u], x[3][u], 0x5410), __byte_perm(x[2][u], x[3][u], 0x7632),
-                        pb[0], pb[1]);
+                    const int v = SV::pfirst(u);
+                    tq_fa_mma4(acc[4 * q + u], x[0][v], x[0][v + SV::PSTEP], x[1][v], x[1][v + SV::PSTEP], pb[0], pb[1]);
                 }
             }
         }

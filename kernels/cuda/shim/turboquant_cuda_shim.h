@@ -41,9 +41,9 @@ TQ_CUDA_API int tq_cuda_dequantize_row_fa(int bits, int n, const void *src, floa
  * the GPU runner launches as ggml-cuda does). */
 TQ_CUDA_API int tq_cuda_dequantize_row_f16(int bits, int n, const void *src, float *y, int64_t k);
 
-/* tq_cu_staged::bits8 + levels8_h, 8 values per call: the fp16 levels the GPU
- * flash-attention kernels take straight from the index bits, times d in float; turbo2..4
- * (bits 5 gives TQ_ERR_FORMAT). */
+/* tq_cu_staged::bits8 + levels8_h, levels8x2_h or levels8p_h (by thread), 8 values per
+ * call: the fp16 levels the GPU flash-attention kernels take straight from the index bits,
+ * times d in float; turbo2..4 (bits 5 gives TQ_ERR_FORMAT). */
 TQ_CUDA_API int tq_cuda_dequantize_row_fa16(int bits, int n, const void *src, float *y, int64_t k);
 
 #ifdef __cplusplus
