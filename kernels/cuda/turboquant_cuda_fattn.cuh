@@ -767,6 +767,23 @@ template <typename S, int D> struct tq_fa_copier {
     }
 };
 
+/* Start copying the mask of a warp's 16 rows from m (4-byte aligned; the rows < nrows exist,
+ * nrows even) to st (32 bytes of shared memory): lanes 0-7, 4 bytes each. The scores read it
+ * from there, after the wait that the K and V rows take anyway: read from global memory
+ * where the scores need it, its latency was the kernel's largest stall (11 % of the warp
+ * samples in ncu's source view), and a load into registers a group ahead only moved the
+ * stall to the register copy that carried it over. */
+static __device__ __forceinline__ void tq_fa_copy_mask(const half * m, int nrows, uint8_t * st, int lane)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (lane < 8 && 2 * lane < nrows) {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" : : "r"((uint32_t) __cvta_generic_to_shared(st) + 4 * lane), "l"(m + 2 * lane));
+    }
+#else
+    GGML_UNUSED_VARS(m, nrows, st, lane);
+#endif
+}
+
 static __device__ __forceinline__ void tq_fa_cp_commit()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -928,9 +945,10 @@ static __global__ void tq_flash_attn_ext_mma(
 
     /* this warp's staged rows, two buffers of K and V each, zero until first written (rows
      * past the end are decoded from them) */
-    uint8_t * stK = tq_fa_sm + warp * 2 * (WK::BYTES + WV::BYTES);
+    uint8_t * stK = tq_fa_sm + warp * 2 * (WK::BYTES + WV::BYTES + 32);
     uint8_t * stV = stK + 2 * WK::BYTES;
-    for (int i = lane; i < 2 * (WK::BYTES + WV::BYTES) / 16; i += WARP_SIZE) {
+    uint8_t * stM = stV + 2 * WV::BYTES; /* and the mask of the rows, 32 bytes each */
+    for (int i = lane; i < 2 * (WK::BYTES + WV::BYTES + 32) / 16; i += WARP_SIZE) {
         ((uint4 *) stK)[i] = make_uint4(0u, 0u, 0u, 0u);
     }
     __syncwarp();
@@ -942,6 +960,11 @@ static __global__ void tq_flash_attn_ext_mma(
     const tq_fa_copier<SV, D> cpV(Vg, nb21, lane);
     cpK.copy(Kg, k_max - rb, stK, lane);
     cpV.copy(Vg, k_max - rb, stV, lane);
+    /* the mask goes through shared memory where whole 4-byte words of it can be copied */
+    const bool mstaged = maskh && ((uintptr_t) maskh & 3) == 0 && (k_max & 1) == 0;
+    if (mstaged) {
+        tq_fa_copy_mask(maskh + rb, k_max - rb, stM, lane);
+    }
     tq_fa_cp_commit();
 
     for (int buf = 0; rb < k_max; rb += kstep, buf ^= 1) {
@@ -950,6 +973,9 @@ static __global__ void tq_flash_attn_ext_mma(
         Vg += (int64_t) kstep * nb21;
         cpK.copy(Kg, k_max - rb - kstep, stK + (buf ^ 1) * WK::BYTES, lane);
         cpV.copy(Vg, k_max - rb - kstep, stV + (buf ^ 1) * WV::BYTES, lane);
+        if (mstaged) {
+            tq_fa_copy_mask(maskh + rb + kstep, k_max - rb - kstep, stM + (buf ^ 1) * 32, lane);
+        }
         tq_fa_cp_commit();
         tq_fa_cp_wait<1>();
         const uint8_t * sk = stK + buf * WK::BYTES;
@@ -979,7 +1005,7 @@ static __global__ void tq_flash_attn_ext_mma(
             const int r = rb + j + 8 * i;
             if (r < k_max) {
                 const float dk = ROWK ? __half2float(*(const half *) (i ? kr1 : kr0)) : 1.0f;
-                const float mv = maskh ? __half2float(maskh[r]) : 0.0f;
+                const float mv = !maskh ? 0.0f : __half2float(mstaged ? *(const half *) (stM + buf * 32 + 2 * (j + 8 * i)) : maskh[r]);
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     float s = sc[2 * i + e] * dk;
@@ -996,13 +1022,20 @@ static __global__ void tq_flash_attn_ext_mma(
 
         float alpha[2];
         uint32_t ph[2]; /* half2 (head 2c, head 2c+1) of rows rb + j, rb + j + 8 */
+        /* the running maxima move only when a score passes them, rarely once a few groups are
+         * in: one vote then stands for the two chains of three shuffles (same result: the max
+         * of scores that do not pass m is m) */
+        const bool grow = __any_sync(0xFFFFFFFFu, fmaxf(sc[0], sc[2]) > mh[0] || fmaxf(sc[1], sc[3]) > mh[1]);
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            float mx = fmaxf(sc[e], sc[2 + e]);
-            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 4));
-            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 8));
-            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 16));
-            const float m_new = fmaxf(mh[e], mx);
+            float m_new = mh[e];
+            if (grow) {
+                float mx = fmaxf(sc[e], sc[2 + e]);
+                mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 4));
+                mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 8));
+                mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 16));
+                m_new = fmaxf(mh[e], mx);
+            }
             alpha[e] = expf(mh[e] - m_new);
             mh[e] = m_new;
             const bool real = e == 0 ? in0 : in1;
@@ -1012,8 +1045,8 @@ static __global__ void tq_flash_attn_ext_mma(
             sc[e] = p0;
             sc[2 + e] = p1;
         }
-#pragma unroll
         const uint8_t * vr = sv + tq_fa_staged_row<WV::RS>(Vg, nb21, j); /* row j; j + 8 is 8 RS on */
+#pragma unroll
         for (int i = 0; i < 2; i++) {
             const int r = rb + j + 8 * i;
             const float dv = ROWV ? (r < k_max ? __half2float(*(const half *) (vr + 8 * WV::RS * i)) : 0.0f) : 1.0f;
@@ -1173,11 +1206,11 @@ static constexpr bool tq_fa_uses_mma()
     return SK::H8 && SV::H8 && SK::QK % 32 == 0 && SV::QK % (D / 8) == 0;
 }
 
-/* Dynamic shared memory of tq_flash_attn_ext_mma, bytes: each warp's two K and V buffers. */
+/* Dynamic shared memory of tq_flash_attn_ext_mma, bytes: each warp's two K, V and mask buffers. */
 template <int D, ggml_type type_K, ggml_type type_V>
 static constexpr size_t tq_fa_mma_smem()
 {
-    return (TQ_FA_NTHREADS / WARP_SIZE) * 2 * (tq_fa_win<tq_fa_staged<type_K>, D>::BYTES + tq_fa_win<tq_fa_staged<type_V>, D>::BYTES);
+    return (TQ_FA_NTHREADS / WARP_SIZE) * 2 * (tq_fa_win<tq_fa_staged<type_K>, D>::BYTES + tq_fa_win<tq_fa_staged<type_V>, D>::BYTES + 32);
 }
 
 template <int D, int G, ggml_type type_K, ggml_type type_V, bool ROT>
