@@ -243,13 +243,18 @@ def test_corrupted_fp16_levels_are_caught(
     assert all(v == 0 for k, v in result["mismatches"].items() if k != "cuda-fa16-decode")
 
 
-def test_fp16_levels_have_no_5_bit_path(kernels: parity.Kernels) -> None:
-    """turbo5 (32 levels) has no fp16 byte-permute path: the shim says so, not a wrong row."""
+def test_fp16_levels_reject_unknown_widths(kernels: parity.Kernels) -> None:
+    """A width with no format gets TQ_ERR_FORMAT (-1) from the fp16-level decoder and the
+    output stays as it was; turbo5 (the 16-level tables and the sign, by the codebook's
+    symmetry) is decoded and checked bit for bit by the parity cases."""
     fn = kernels.fp16_decoders["cuda-fa16"]
     src = np.zeros(82, np.uint8)
     dst = np.full(128, 7.0, np.float32)
-    assert fn(5, 128, src.ctypes.data, dst.ctypes.data, 128) == -1
+    for bits in (1, 6):
+        assert fn(bits, 128, src.ctypes.data, dst.ctypes.data, 128) == -1
     assert np.all(dst == 7.0)
+    assert fn(5, 128, src.ctypes.data, dst.ctypes.data, 128) == 0
+    assert not np.all(dst == 7.0)
 
 
 def test_fp16_conversion_matches_numpy(kernels: parity.Kernels) -> None:

@@ -172,11 +172,10 @@ def check_case(case: Case, kernels: Kernels, pool: ThreadPoolExecutor) -> CaseRe
             for path in kernels.f16_converters:
                 got = kernels.decode(path, fmt, blocks)
                 bad[f"{path}-decode"] = _row_mismatches(got, want_f16, nan_as_class=True)
-            if fmt.bits <= 4:
-                want16 = reference_fp16_levels(blocks, fmt)
-                for path in kernels.fp16_decoders:
-                    got = kernels.decode(path, fmt, blocks)
-                    bad[f"{path}-decode"] = _row_mismatches(got, want16, nan_as_class=True)
+            want16 = reference_fp16_levels(blocks, fmt)
+            for path in kernels.fp16_decoders:
+                got = kernels.decode(path, fmt, blocks)
+                bad[f"{path}-decode"] = _row_mismatches(got, want16, nan_as_class=True)
             if case.stats:
                 y = case.data.astype(np.float64)
                 err = np.sum((y - want) ** 2, axis=1) / np.sum(y * y, axis=1)

@@ -14,7 +14,7 @@ FA_DECODE_NAN_AS_CLASS = (
     "without a NaN test, and a GPU multiply returns its canonical NaN, not the scale's"
 )
 FA16_DECODE = (
-    "the GPU flash-attention kernels' fp16 levels (cuda-fa16, turbo2..4) equal the "
+    "the GPU flash-attention kernels' fp16 levels (cuda-fa16, turbo2..5) equal the "
     "reference's float32 levels rounded to fp16 (nearest-even), times d, bit for bit; a NaN "
     "scale as for the -fa decoders"
 )

@@ -328,10 +328,12 @@ template <int B, int N> struct tq_cu_staged {
         }
     }
 
-    /* The codebook as fp16 byte tables for levels8_h (B <= 4): lo[i] holds the low bytes of
-     * levels 4i .. 4i+3, hi[i] their high bytes. */
-    static constexpr bool H8 = B <= 4;
-    static constexpr int NT8 = H8 ? (1 << B) / 4 : 1;
+    /* The codebook as fp16 byte tables for levels8_h: lo[i] holds the low bytes of levels
+     * 4i .. 4i+3, hi[i] their high bytes; for B = 5 the lower 16 levels only (the codebook
+     * is symmetric: level 31 - k is -level k, exactly, in float and in fp16). */
+    static constexpr bool H8 = B <= 5;
+    static constexpr int NLH = B < 4 ? 1 << B : 16; /* levels in the tables */
+    static constexpr int NT8 = NLH / 4;
     struct hlut {
         uint32_t lo[NT8];
         uint32_t hi[NT8];
@@ -341,7 +343,7 @@ template <int B, int N> struct tq_cu_staged {
         for (int i = 0; i < NT8; i++) {
             t.lo[i] = 0u;
             t.hi[i] = 0u;
-            for (int b = 0; b < 4 && 4 * i + b < (1 << B); b++) {
+            for (int b = 0; b < 4 && 4 * i + b < NLH; b++) {
                 const uint32_t h = tq_cu_fp16_rn(lut_entry(4 * i + b));
                 t.lo[i] |= (h & 0xFFu) << (8 * b);
                 t.hi[i] |= (h >> 8) << (8 * b);
@@ -370,12 +372,13 @@ template <int B, int N> struct tq_cu_staged {
      * bit for bit: out[i] holds values 2i (low half) and 2i+1. Byte permutes of the tables
      * in registers, no table reads in memory: the index bits are spread to one nibble per
      * value (the selectors), then each selector picks the low and the high byte of its
-     * level. B <= 4. */
+     * level. B = 5 takes the 16-level tables at index lo ^ 15 where the top bit is set and
+     * negates those values (level 16 + k is -level(15 - k)). */
     static TQ_CU_HD void levels8_h(uint32_t lo, uint32_t hi, const hlut &t, uint32_t out[4])
     {
         constexpr int LB = F::lo_bits;
-        uint32_t s;      /* nibble i: the index of value i (B <= 3), its low 3 bits (B = 4) */
-        uint32_t c = 0u; /* B = 4: nibble i: the top bit of that index */
+        uint32_t s;      /* nibble i: the index of value i (B <= 3), its low 3 bits (B >= 4) */
+        uint32_t c = 0u; /* B >= 4: nibble i: the top bit of that index */
         if (LB == 2) {
             uint32_t x = tq_cu_prmt(lo, 0u, 0x4140u);
             x = (x | x << 4) & 0x0F0F0F0Fu;
@@ -389,14 +392,22 @@ template <int B, int N> struct tq_cu_staged {
             }
             s = x;
         } else {
-            s = lo & 0x77777777u;
-            c = (lo >> 3) & 0x11111111u;
+            uint32_t m = lo; /* the 16-level table index of each value */
+            if (B == 5) {
+                uint32_t y = hi;
+                y = (y | y << 12) & 0x000F000Fu;
+                y = (y | y << 6) & 0x03030303u;
+                y = (y | y << 3) & 0x11111111u; /* top bit of value i at bit 4i */
+                m ^= y * 15u;
+            }
+            s = m & 0x77777777u;
+            c = (m >> 3) & 0x11111111u;
         }
         for (int h = 0; h < 2; h++) {
             const uint32_t sh = s >> (16 * h);
             uint32_t lb; /* the low bytes of the 4 levels */
             uint32_t hb; /* their high bytes */
-            if (B == 4) {
+            if (B >= 4) {
                 /* levels 0-7 or 8-15 per byte: selector nibble i = i + 4 * top bit */
                 const uint32_t ch = (c >> (16 * h)) * 4u + 0x3210u;
                 lb = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], sh), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], sh), ch);
@@ -407,6 +418,13 @@ template <int B, int N> struct tq_cu_staged {
             }
             out[2 * h] = tq_cu_prmt(lb, hb, 0x5140u);
             out[2 * h + 1] = tq_cu_prmt(lb, hb, 0x7362u);
+        }
+        if (B == 5) {
+            /* the top bits of values 2i, 2i+1 to the fp16 sign bits 15, 31 of word i: hi times
+             * 2^(15-2i) + 2^(30-2i), whose two shifted copies of hi's 8 bits do not overlap */
+            for (int i = 0; i < 4; i++) {
+                out[i] ^= (hi * ((0x8000u >> (2 * i)) + (0x40000000u >> (2 * i)))) & 0x80008000u;
+            }
         }
     }
     /* The order of the words levels8x2_h returns: word u holds values pfirst(u) (low half)
@@ -456,7 +474,7 @@ template <int B, int N> struct tq_cu_staged {
      * values, and the byte permute that joins a level's low and high bytes pairs the rows
      * too: none is left to pair them afterwards (levels8x2_h's words take 16 more per 8
      * values). */
-    static constexpr bool PAIRED = H8;
+    static constexpr bool PAIRED = B <= 4;
     static TQ_CU_HD void levels8p_h(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b, const hlut &t,
                                     uint32_t out[8])
     {

@@ -274,7 +274,7 @@ template <bool TRANS> static __device__ __forceinline__ void tq_fa_ldmatrix(uint
 }
 
 /* Decode a staged tile of T rows to f16, 8 values per item: the codebook levels as fp16
- * straight from the index bits (levels8_h) for turbo2..4, else through levels8 (the
+ * straight from the index bits (levels8_h) for turbo2..5, else through levels8 (the
  * parity-checked float decode) rounded to fp16. Where a row is one block (D == S::QK) the
  * levels stay unscaled and the row's scale goes to dsc[row] (applied to the scores, or
  * folded into the probabilities); else each value is d * level. */
@@ -809,7 +809,7 @@ template <int RS> static __device__ __forceinline__ int tq_fa_staged_row(const c
     return r * RS + (int) ((uintptr_t) (src + r * nb) & 15);
 }
 
-/* The decode kernel for turbo2..4 and q8_0 K and V (H8): every warp works on its own 16 rows
+/* The decode kernel for turbo2..5 and q8_0 K and V (H8): every warp works on its own 16 rows
  * of each 64-row tile, with no barrier until the end, and every K and V value goes from its
  * index bits straight into an mma operand register. A warp copies its next 16 K and V rows
  * into shared memory (tq_fa_copy16: a few 16-byte cp.async per lane) while it computes the
@@ -874,7 +874,7 @@ static __global__ void tq_flash_attn_ext_mma(
     constexpr int DV = D / 8;          /* V dims per lane */
     constexpr bool ROWK = D == SK::QK; /* K's scale applies to whole scores */
     constexpr bool ROWV = D == SV::QK; /* V's scale folds into the probabilities */
-    static_assert(SK::H8 && SV::H8, "turbo2..4 or q8_0 K and V");
+    static_assert(SK::H8 && SV::H8, "turbo2..5 or q8_0 K and V");
     static_assert(D % 64 == 0 && D <= 256 && D % SK::QK == 0 && D % SV::QK == 0, "head size 64, 128 or 256");
     static_assert(SK::QK % 32 == 0 && SV::QK % DV == 0, "a lane's runs of dims in one block");
     static_assert(G == 2 || G == TQ_FA_HEADS, "2 or 4 query heads per block");

@@ -57,15 +57,4 @@ TQ_CUDA_SHIM_ENTRY(tq_cuda_quantize_row, quantize, const float *, void *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row, dequantize, const void *, float *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_fa, decode8, const void *, float *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_f16, to_f16, const void *, float *)
-
-extern "C" int tq_cuda_dequantize_row_fa16(int bits, int n, const void *src, float *y, int64_t k)
-{
-    if (bits == 5) {
-        return TQ_ERR_FORMAT; /* 32 levels: the kernels decode turbo5 through the float table */
-    }
-    int rc = tq_cu_check_row(bits, n, k);
-    if (rc == TQ_OK) {
-        TQ_CU_FOR_FORMAT(rc, bits, n, decode8_h, src, y, k);
-    }
-    return rc;
-}
+TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_fa16, decode8_h, const void *, float *)

@@ -42,12 +42,12 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_decode8(const uint8_t *src, floa
     S::decode8(sb, j0, lut, y + ib * N + j0);
 }
 
-/* Thread t of the GPU flash-attention kernels' decode of turbo2..4: values 8*(t % (N/8))
+/* Thread t of the GPU flash-attention kernels' decode of turbo2..5: values 8*(t % (N/8))
  * .. +7 of block t / (N/8) as fp16 levels from the index bits (bits8, then by t % 5:
  * levels8x2_h with the block as both rows, row a's words or row b's put back in order;
- * levels8_h; levels8p_h (B = 2, 3; else levels8_h again) with the block as row a and
+ * levels8_h; levels8p_h (B <= 4; else levels8_h again) with the block as row a and
  * indices 0 as row b, or the other way round, the block's halves taken), then d * level in
- * float as the output product scales them. B = 5 has no such path. */
+ * float as the output product scales them. */
 template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_h(const uint8_t *src, float *y, int64_t t)
 {
     typedef tq_cu_staged<B, N> S;
@@ -65,17 +65,19 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_h(const uint8_t *src, fl
         S::levels8_h(lo, hi, ht, h[2]);
         const int w = (int)(t % 5);
         const float d = tq_cu_block_scale(blk);
-        if (w >= 3 && S::PAIRED) {
-            uint32_t p[8];
-            if (w == 3) {
-                S::levels8p_h(lo, hi, 0u, 0u, ht, p);
-            } else {
-                S::levels8p_h(0u, 0u, lo, hi, ht, p);
+        if constexpr (S::PAIRED) {
+            if (w >= 3) {
+                uint32_t p[8];
+                if (w == 3) {
+                    S::levels8p_h(lo, hi, 0u, 0u, ht, p);
+                } else {
+                    S::levels8p_h(0u, 0u, lo, hi, ht, p);
+                }
+                for (int v = 0; v < 8; v++) {
+                    y[ib * N + j0 + v] = d * tq_cu_half_to_float((uint16_t)(p[v] >> (w == 3 ? 0 : 16)));
+                }
+                return;
             }
-            for (int v = 0; v < 8; v++) {
-                y[ib * N + j0 + v] = d * tq_cu_half_to_float((uint16_t)(p[v] >> (w == 3 ? 0 : 16)));
-            }
-            return;
         }
         for (int u = 0; u < 4; u++) {
             for (int e = 0; e < 2; e++) {

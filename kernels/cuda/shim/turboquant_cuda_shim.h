@@ -43,7 +43,7 @@ TQ_CUDA_API int tq_cuda_dequantize_row_f16(int bits, int n, const void *src, flo
 
 /* tq_cu_staged::bits8 + levels8_h, levels8x2_h or levels8p_h (by thread), 8 values per
  * call: the fp16 levels the GPU flash-attention kernels take straight from the index bits,
- * times d in float; turbo2..4 (bits 5 gives TQ_ERR_FORMAT). */
+ * times d in float; turbo2..5. */
 TQ_CUDA_API int tq_cuda_dequantize_row_fa16(int bits, int n, const void *src, float *y, int64_t k);
 
 #ifdef __cplusplus
