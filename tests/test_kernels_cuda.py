@@ -7,6 +7,7 @@ cuda`; these tests cover what the host compiler cannot see."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -66,3 +67,34 @@ def test_cuda_tables_hold_the_reference_numbers(fmt: formats.Format) -> None:
     assert sorted(mids) == list(codebook.midpoints(fmt.bits, fmt.block))
     # A binary tree of compares: B compares on every path, 2^B - 1 midpoints in all.
     assert len(mids) == (1 << fmt.bits) - 1
+
+
+def _sass_loops():
+    path = Path(__file__).resolve().parent.parent / "kernels" / "cuda" / "tools" / "sass_loops.py"
+    spec = importlib.util.spec_from_file_location("sass_loops", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sass_loop_counter_finds_the_innermost_loop() -> None:
+    """docs/measurements.md's per-trip counts: a backward branch to a label closes a loop,
+    the innermost one counts its own instructions, predicates are not opcodes, and a
+    forward branch closes nothing."""
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+.L_x_1:
+        /*0020*/              @P0 PRMT R3, R2, 0x5410, R4 ;
+        /*0030*/                   ISETP.GE.AND P0, PT, R2, 0x10, PT ;
+        /*0040*/              @!P0 BRA `(.L_x_1) ;
+        /*0050*/                   BRA `(.L_x_2) ;
+.L_x_2:
+        /*0060*/              @P1 BRA `(.L_x_0) ;
+        /*0070*/                   EXIT ;
+"""
+    tool = _sass_loops()
+    loops = tool.innermost_loops(sass)
+    assert [(first, last) for first, last, _ in loops] == [(2, 4)]
+    assert tool.opcodes(loops[0][2]) == {"PRMT": 1, "ISETP.GE.AND": 1, "BRA": 1}
