@@ -77,6 +77,9 @@ INLINE struct lut block_lut(const struct lut *levels, int count, const uint8_t *
 
 INLINE __m256d lo_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
 INLINE __m256d hi_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+/* hi_pd of the 8 floats at p, widened from memory: no lane extract, whose shuffle port the
+ * index search and the level lookups also need */
+INLINE __m256d hi_pd_at(const float *p) { return _mm256_cvtps_pd(_mm_loadu_ps(p + 4)); }
 /* acc + a * b in one rounding, for a and b widened from floats: their product is exact in
  * double (48 significant bits), so this is the same number as the multiply and add the
  * reference does, in one instruction. */
@@ -255,7 +258,7 @@ INLINE void block_norms(int n, const float *y, int count, double *gamma)
         UNROLL for (int b = 0; b < count; b++) {
             const __m256 v = _mm256_loadu_ps(y + b * n + i);
             const __m256d x0 = lo_pd(v);
-            const __m256d x1 = hi_pd(v);
+            const __m256d x1 = hi_pd_at(y + b * n + i);
             lo[b] = add_exact_product(lo[b], x0, x0);
             hi[b] = add_exact_product(hi[b], x1, x1);
         }
@@ -456,7 +459,7 @@ INLINE void encode_values(int bits, int n, int magnitude, const struct block_pla
             const __m256d c0 = lo_pd(c);
             const __m256d c1 = hi_pd(c);
             p_lo = add_exact_product(p_lo, lo_pd(v), c0);
-            p_hi = add_exact_product(p_hi, hi_pd(v), c1);
+            p_hi = add_exact_product(p_hi, hi_pd_at(y + 32 * g + 8 * r), c1);
             q_lo = add_exact_product(q_lo, c0, c0);
             q_hi = add_exact_product(q_hi, c1, c1);
         }
