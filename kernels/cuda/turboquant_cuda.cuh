@@ -368,6 +368,30 @@ template <int B, int N> struct tq_cu_staged {
         lo = LB == 2 ? tq_cu_load_u16(lo_p) : tq_cu_load_u16(lo_p) | tq_cu_load_u16(lo_p + 2) << 16;
         hi = LB != B ? *hi_p : 0u;
     }
+    /* Bit i of the 8-bit hi at bit 4i (the top bits of 8 values, one per nibble). */
+    static TQ_CU_HD uint32_t nibbles8(uint32_t hi)
+    {
+        uint32_t y = hi;
+        y = (y | y << 12) & 0x000F000Fu;
+        y = (y | y << 6) & 0x03030303u;
+        return (y | y << 3) & 0x11111111u;
+    }
+    /* The low bytes (lb) and the high bytes (hb) of the fp16 levels of 4 table indices, one
+     * per nibble of the low 16 bits of x: a byte permute of the tables in registers, two
+     * levels deep where the tables hold 16 levels (B >= 4: bit 3 of a nibble picks levels
+     * 8-15). */
+    static TQ_CU_HD void bytes4(uint32_t x, const hlut &t, uint32_t &lb, uint32_t &hb)
+    {
+        if (B >= 4) {
+            const uint32_t s = x & 0x7777u;
+            const uint32_t ch = ((x >> 3) & 0x1111u) * 4u + 0x3210u; /* selector i: i + 4 * bit 3 */
+            lb = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], s), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], s), ch);
+            hb = tq_cu_prmt(tq_cu_prmt(t.hi[0], t.hi[1], s), tq_cu_prmt(t.hi[2 % NT8], t.hi[3 % NT8], s), ch);
+        } else {
+            lb = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], x);
+            hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], x);
+        }
+    }
     /* The 8 values of bits8 as fp16 codebook levels before the scale, fp16(lut_entry(idx))
      * bit for bit: out[i] holds values 2i (low half) and 2i+1. Byte permutes of the tables
      * in registers, no table reads in memory: the index bits are spread to one nibble per
@@ -377,45 +401,25 @@ template <int B, int N> struct tq_cu_staged {
     static TQ_CU_HD void levels8_h(uint32_t lo, uint32_t hi, const hlut &t, uint32_t out[4])
     {
         constexpr int LB = F::lo_bits;
-        uint32_t s;      /* nibble i: the index of value i (B <= 3), its low 3 bits (B >= 4) */
-        uint32_t c = 0u; /* B >= 4: nibble i: the top bit of that index */
+        uint32_t s; /* nibble i: the table index of value i */
         if (LB == 2) {
             uint32_t x = tq_cu_prmt(lo, 0u, 0x4140u);
             x = (x | x << 4) & 0x0F0F0F0Fu;
             x = (x | x << 2) & 0x33333333u;
             if (B == 3) {
-                uint32_t y = hi;
-                y = (y | y << 12) & 0x000F000Fu;
-                y = (y | y << 6) & 0x03030303u;
-                y = (y | y << 3) & 0x11111111u;
-                x += y << 2;
+                x += nibbles8(hi) << 2;
             }
             s = x;
         } else {
-            uint32_t m = lo; /* the 16-level table index of each value */
+            s = lo;
             if (B == 5) {
-                uint32_t y = hi;
-                y = (y | y << 12) & 0x000F000Fu;
-                y = (y | y << 6) & 0x03030303u;
-                y = (y | y << 3) & 0x11111111u; /* top bit of value i at bit 4i */
-                m ^= y * 15u;
+                s ^= nibbles8(hi) * 15u;
             }
-            s = m & 0x77777777u;
-            c = (m >> 3) & 0x11111111u;
         }
         for (int h = 0; h < 2; h++) {
-            const uint32_t sh = s >> (16 * h);
             uint32_t lb; /* the low bytes of the 4 levels */
             uint32_t hb; /* their high bytes */
-            if (B >= 4) {
-                /* levels 0-7 or 8-15 per byte: selector nibble i = i + 4 * top bit */
-                const uint32_t ch = (c >> (16 * h)) * 4u + 0x3210u;
-                lb = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], sh), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], sh), ch);
-                hb = tq_cu_prmt(tq_cu_prmt(t.hi[0], t.hi[1], sh), tq_cu_prmt(t.hi[2 % NT8], t.hi[3 % NT8], sh), ch);
-            } else {
-                lb = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], sh);
-                hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sh);
-            }
+            bytes4(s >> (16 * h), t, lb, hb);
             out[2 * h] = tq_cu_prmt(lb, hb, 0x5140u);
             out[2 * h + 1] = tq_cu_prmt(lb, hb, 0x7362u);
         }
@@ -460,8 +464,9 @@ template <int B, int N> struct tq_cu_staged {
         const uint32_t sel[4] = {se, so, se >> 16, so >> 16};
         for (int k = 0; k < 4; k++) {
             uint32_t *out = k < 2 ? a : b;
-            const uint32_t lb = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], sel[k]);
-            const uint32_t hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sel[k]);
+            uint32_t lb;
+            uint32_t hb;
+            bytes4(sel[k], t, lb, hb);
             out[2 * (k % 2)] = tq_cu_prmt(lb, hb, 0x5140u);
             out[2 * (k % 2) + 1] = tq_cu_prmt(lb, hb, 0x7362u);
         }
@@ -508,16 +513,7 @@ template <int B, int N> struct tq_cu_staged {
         for (int k = 0; k < 4; k++) {
             uint32_t lb; /* the low bytes of the levels of a's v, v', b's v, v' */
             uint32_t hb; /* their high bytes */
-            if (B == 4) {
-                /* levels 0-7 or 8-15 per byte: selector nibble i = i + 4 * top bit */
-                const uint32_t s = sel[k] & 0x7777u;
-                const uint32_t ch = ((sel[k] >> 3) & 0x1111u) * 4u + 0x3210u;
-                lb = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], s), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], s), ch);
-                hb = tq_cu_prmt(tq_cu_prmt(t.hi[0], t.hi[1], s), tq_cu_prmt(t.hi[2 % NT8], t.hi[3 % NT8], s), ch);
-            } else {
-                lb = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], sel[k]);
-                hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], sel[k]);
-            }
+            bytes4(sel[k], t, lb, hb);
             const int v = LB == 2 ? (k % 2) + 4 * (k / 2) : 2 * k;
             out[v] = tq_cu_prmt(lb, hb, 0x6240u);
             out[v + (LB == 2 ? 2 : 1)] = tq_cu_prmt(lb, hb, 0x7351u);
