@@ -376,6 +376,16 @@ template <int B, int N> struct tq_cu_staged {
         y = (y | y << 6) & 0x03030303u;
         return (y | y << 3) & 0x11111111u;
     }
+    /* Two rows' top bits (B = 3) into the selectors of levels8x2_h and levels8p_h: h holds the
+     * 16 bits as four per byte, in the order of the values of se (nibble k: value p = 2k) and
+     * so (p = 2k + 1); bit p goes to bit 2 of its nibble. */
+    static TQ_CU_HD void add_top_bits(uint32_t h, uint32_t &se, uint32_t &so)
+    {
+        h = (h | h << 2) & 0x33333333u;
+        h = (h | h << 1) & 0x55555555u; /* bit p at bit 2p */
+        se |= (h << 2) & 0x44444444u;
+        so |= h & 0x44444444u;
+    }
     /* The low bytes (lb) and the high bytes (hb) of the fp16 levels of 4 table indices, one
      * per nibble of the low 16 bits of x: a byte permute of the tables in registers, two
      * levels deep where the tables hold 16 levels (B >= 4: bit 3 of a nibble picks levels
@@ -454,12 +464,8 @@ template <int B, int N> struct tq_cu_staged {
         uint32_t se = l & 0x33333333u;                      /* nibble k: value 2k's low bits */
         uint32_t so = (l >> 2) & 0x33333333u;               /* value 2k+1's */
         if (B == 3) {
-            uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x5410u);   /* top bit of value i at bit i */
-            h = (h | h << 4) & 0x0F0F0F0Fu;
-            h = (h | h << 2) & 0x33333333u;
-            h = (h | h << 1) & 0x55555555u;                /* ... at bit 2i */
-            se |= (h << 2) & 0x44444444u;
-            so |= h & 0x44444444u;
+            const uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x5410u); /* top bit of value i at bit i */
+            add_top_bits((h | h << 4) & 0x0F0F0F0Fu, se, so);
         }
         const uint32_t sel[4] = {se, so, se >> 16, so >> 16};
         for (int k = 0; k < 4; k++) {
@@ -491,12 +497,8 @@ template <int B, int N> struct tq_cu_staged {
             uint32_t se = l & 0x33333333u;                      /* a0 a2 b0 b2 a4 a6 b4 b6 */
             uint32_t so = (l >> 2) & 0x33333333u;               /* a1 a3 b1 b3 a5 a7 b5 b7 */
             if (B == 3) {
-                uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x4040u);     /* the top bits in l's order, */
-                h = (h & 0x00000F0Fu) | ((h >> 4) & 0x0F0F0000u); /* one nibble per byte, */
-                h = (h | h << 2) & 0x33333333u;
-                h = (h | h << 1) & 0x55555555u;                  /* then the p-th at bit 2p */
-                se |= (h << 2) & 0x44444444u;
-                so |= h & 0x44444444u;
+                const uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x4040u); /* a, b, a, b: in l's order */
+                add_top_bits((h & 0x00000F0Fu) | ((h >> 4) & 0x0F0F0000u), se, so);
             }
             sel[0] = se;
             sel[1] = so;

@@ -718,6 +718,13 @@ template <typename S, int D> struct tq_fa_win {
     static constexpr int BYTES = 16 * RS;              /* 16 rows */
 };
 
+/* Bytes of shared memory a warp of the mma kernel stages its rows in: two buffers, each of
+ * 16 K rows, 16 V rows and their mask (16 halfs). */
+template <typename SK, typename SV, int D> static __host__ __device__ constexpr int tq_fa_warp_smem()
+{
+    return 2 * (tq_fa_win<SK, D>::BYTES + tq_fa_win<SV, D>::BYTES + 32);
+}
+
 /* One lane's share of copying a warp's 16 rows into its staged rows (cp.async, one group per
  * call of copy): slot i = lane + 32 m of the 16 x RS/16 chunk slots of a buffer lands at byte
  * 16 i, and is chunk i % (RS/16) of row i / (RS/16) where that chunk holds bytes of the row
@@ -812,7 +819,7 @@ template <int RS> static __device__ __forceinline__ int tq_fa_staged_row(const c
 /* The decode kernel for turbo2..5 and q8_0 K and V (H8): every warp works on its own 16 rows
  * of each 64-row tile, with no barrier until the end, and every K and V value goes from its
  * index bits straight into an mma operand register. A warp copies its next 16 K and V rows
- * into shared memory (tq_fa_copy16: a few 16-byte cp.async per lane) while it computes the
+ * into shared memory (tq_fa_copier: a few 16-byte cp.async per lane) while it computes the
  * current ones, so the loads' latency hides behind the decode, and the decode reads its
  * index bits from shared memory, where a load of 8 rows costs one wavefront instead of one
  * per row (the rows of a head are 400 bytes apart in memory at 8 KV heads).
@@ -945,10 +952,10 @@ static __global__ void tq_flash_attn_ext_mma(
 
     /* this warp's staged rows, two buffers of K and V each, zero until first written (rows
      * past the end are decoded from them) */
-    uint8_t * stK = tq_fa_sm + warp * 2 * (WK::BYTES + WV::BYTES + 32);
+    uint8_t * stK = tq_fa_sm + warp * tq_fa_warp_smem<SK, SV, D>();
     uint8_t * stV = stK + 2 * WK::BYTES;
     uint8_t * stM = stV + 2 * WV::BYTES; /* and the mask of the rows, 32 bytes each */
-    for (int i = lane; i < 2 * (WK::BYTES + WV::BYTES + 32) / 16; i += WARP_SIZE) {
+    for (int i = lane; i < tq_fa_warp_smem<SK, SV, D>() / 16; i += WARP_SIZE) {
         ((uint4 *) stK)[i] = make_uint4(0u, 0u, 0u, 0u);
     }
     __syncwarp();
@@ -984,11 +991,9 @@ static __global__ void tq_flash_attn_ext_mma(
         /* scores: sc[2i + e] is row rb + j + 8i, head 2c + e. The staged rows' offsets are
          * the same in every group but worked out again here (a few integer operations): held
          * in registers across the loop they made ptxas spill at head size 128. */
-        const uint8_t * kr0 = sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j);
         /* rows 8 apart lie 8 nb bytes apart, a multiple of 16 (a row is whole blocks, of an
          * even size), so their offsets in their first chunk agree */
-        const uint8_t * kr1 = kr0 + 8 * WK::RS;
-        const tq_fa_lane<SK> ka(kr0, 8 * c);
+        const tq_fa_lane<SK> ka(sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j), 8 * c);
         const tq_fa_lane<SK> kb = ka.at(8 * WK::RS);
         float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -1004,7 +1009,7 @@ static __global__ void tq_flash_attn_ext_mma(
         for (int i = 0; i < 2; i++) {
             const int r = rb + j + 8 * i;
             if (r < k_max) {
-                const float dk = ROWK ? __half2float(*(const half *) (i ? kr1 : kr0)) : 1.0f;
+                const float dk = ROWK ? __half2float(__low2half((i ? kb : ka).scale2(0))) : 1.0f;
                 const float mv = !maskh ? 0.0f : __half2float(mstaged ? *(const half *) (stM + buf * 32 + 2 * (j + 8 * i)) : maskh[r]);
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
@@ -1210,7 +1215,7 @@ static constexpr bool tq_fa_uses_mma()
 template <int D, ggml_type type_K, ggml_type type_V>
 static constexpr size_t tq_fa_mma_smem()
 {
-    return (TQ_FA_NTHREADS / WARP_SIZE) * 2 * (tq_fa_win<tq_fa_staged<type_K>, D>::BYTES + tq_fa_win<tq_fa_staged<type_V>, D>::BYTES + 32);
+    return (TQ_FA_NTHREADS / WARP_SIZE) * tq_fa_warp_smem<tq_fa_staged<type_K>, tq_fa_staged<type_V>, D>();
 }
 
 template <int D, int G, ggml_type type_K, ggml_type type_V, bool ROT>
