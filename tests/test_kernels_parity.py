@@ -172,6 +172,7 @@ ROW_FUNCTIONS = [
     ("cuda", "tq_cuda_dequantize_row"),
     ("cuda", "tq_cuda_dequantize_row_fa"),
     ("cuda", "tq_cuda_dequantize_row_fa16"),
+    ("cuda", "tq_cuda_dequantize_row_fa8"),
     ("cuda", "tq_cuda_dequantize_row_f16"),
 ]
 
@@ -216,6 +217,7 @@ def test_k_zero_is_a_no_op(kernels: parity.Kernels) -> None:
         *kernels.decoders.values(),
         *kernels.f16_converters.values(),
         *kernels.fp16_decoders.values(),
+        *kernels.int8_decoders.values(),
     ):
         assert fn(4, 128, None, None, 0) == 0
 
@@ -241,6 +243,44 @@ def test_corrupted_fp16_levels_are_caught(
     (result,) = json.loads((tmp_path / "p.json").read_text())["cases"]
     assert result["mismatches"]["cuda-fa16-decode"] > 0
     assert all(v == 0 for k, v in result["mismatches"].items() if k != "cuda-fa16-decode")
+
+
+def test_corrupted_int8_levels_are_caught(
+    lib_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The int8 K levels are checked bit for bit: levels rounded toward zero instead of to
+    nearest (a float -> int truncation) are reported, and only there."""
+
+    def truncated(blocks: np.ndarray, fmt: ref.Format) -> np.ndarray:
+        indices, d_bits = ref.unpack(blocks, fmt)
+        levels = ref.float32_levels(fmt.bits, fmt.block)
+        top = levels[-1]
+        i8 = np.trunc(levels * (np.float32(127) / top)).astype(np.float32)
+        scale = np.asarray(d_bits, np.uint16).view(np.float16).astype(np.float32)
+        return scale[:, None] * ((top / np.float32(127)) * i8)[indices]
+
+    monkeypatch.setattr(parity.checks, "reference_int8_levels", truncated)
+    case = "turbo3/n128/gaussian/seed=0/m=500"
+    with pytest.raises(ParityError, match=re.escape(case)):
+        parity.run_parity(lib_dir, vectors=2000, filter=case, json_out=tmp_path / "p.json")
+    (result,) = json.loads((tmp_path / "p.json").read_text())["cases"]
+    assert result["mismatches"]["cuda-fa8-decode"] > 0
+    assert all(v == 0 for k, v in result["mismatches"].items() if k != "cuda-fa8-decode")
+
+
+def test_int8_levels_are_symmetric_and_reject_turbo5(kernels: parity.Kernels) -> None:
+    """turbo5 has no int8 levels (TQ_ERR_FORMAT, output untouched); for turbo2..4 the int8
+    table keeps the codebook's symmetry (level 2^B - 1 - k = -level k, as rint rounds both
+    signs alike) and its largest level is 127, the full int8 range."""
+    fn = kernels.int8_decoders["cuda-fa8"]
+    src = np.zeros(82, np.uint8)
+    dst = np.full(128, 7.0, np.float32)
+    assert fn(5, 128, src.ctypes.data, dst.ctypes.data, 128) == -1
+    assert np.all(dst == 7.0)
+    for bits in (2, 3, 4):
+        levels = ref.float32_levels(bits, 128)
+        i8 = np.rint(levels * (np.float32(127) / levels[-1]))
+        assert np.array_equal(i8, -i8[::-1]) and i8[-1] == 127
 
 
 def test_fp16_levels_reject_unknown_widths(kernels: parity.Kernels) -> None:

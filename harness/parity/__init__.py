@@ -45,6 +45,7 @@ from harness.parity.checks import (
     FormatRow,
     format_table,
     reference_fp16_levels,
+    reference_int8_levels,
     run_checks,
 )
 from harness.parity.throughput import BenchRow, format_bench, run_bench
@@ -53,6 +54,7 @@ from harness.parity.tolerances import (
     ENCODERS,
     F16_CONVERTERS,
     FP16_DECODERS,
+    INT8_DECODERS,
     ROTATORS,
     TOLERANCES,
 )
@@ -65,6 +67,7 @@ __all__ = [
     "ENCODERS",
     "F16_CONVERTERS",
     "FP16_DECODERS",
+    "INT8_DECODERS",
     "ROTATORS",
     "TOLERANCES",
     "BenchRow",
@@ -82,6 +85,7 @@ __all__ = [
     "random_case",
     "ref",
     "reference_fp16_levels",
+    "reference_int8_levels",
     "run_bench",
     "run_checks",
     "run_parity",

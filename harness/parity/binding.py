@@ -56,6 +56,7 @@ class Kernels:
         # K/V to f16 before flash attention's tensor-core kernels: fp16 results, widened.
         self.f16_converters = {f"{n}-f16": r.tq_cuda_dequantize_row_f16 for n, r in runners}
         self.fp16_decoders = {"cuda-fa16": self.cuda.tq_cuda_dequantize_row_fa16}
+        self.int8_decoders = {"cuda-fa8": self.cuda.tq_cuda_dequantize_row_fa8}
         self.rotators = {
             (p, d): self.lib[f"tq_rotate_{d}{s}"]
             for p, s in suffix.items()
@@ -66,6 +67,7 @@ class Kernels:
             *self.decoders.values(),
             *self.f16_converters.values(),
             *self.fp16_decoders.values(),
+            *self.int8_decoders.values(),
         ):
             fn.argtypes, fn.restype = row, ctypes.c_int
         for fn in self.rotators.values():
@@ -109,7 +111,12 @@ class Kernels:
         """Decode blocks (vectors x nbytes bytes) through ``path``: vectors x block floats."""
         blocks = np.ascontiguousarray(blocks, np.uint8)
         out = np.empty((blocks.shape[0], fmt.block), np.float32)
-        fn = {**self.decoders, **self.f16_converters, **self.fp16_decoders}[path]
+        fn = {
+            **self.decoders,
+            **self.f16_converters,
+            **self.fp16_decoders,
+            **self.int8_decoders,
+        }[path]
         self._call(
             fn,
             f"{path} decode",

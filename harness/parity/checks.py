@@ -30,6 +30,20 @@ def reference_fp16_levels(blocks: np.ndarray, fmt: Format) -> np.ndarray:
     return scale[:, None] * levels[indices]
 
 
+def reference_int8_levels(blocks: np.ndarray, fmt: Format) -> np.ndarray:
+    """What the GPU flash-attention kernel's K * Q product decodes from blocks of turbo2..4
+    (vectors x nbytes bytes): vectors x block float32 values d * (s * i8[idx]), where the
+    reference's float32 levels L are rounded to int8, i8 = rint(L * (127 / L[-1])), and
+    s = L[-1] / 127, all in float32 as the kernel computes them."""
+    indices, d_bits = ref.unpack(blocks, fmt)
+    levels = ref.float32_levels(fmt.bits, fmt.block)
+    top = levels[-1]
+    i8 = np.rint(levels * (np.float32(127) / top)).astype(np.float32)
+    step = top / np.float32(127)
+    scale = np.asarray(d_bits, np.uint16).view(np.float16).astype(np.float32)
+    return scale[:, None] * (step * i8)[indices]
+
+
 # ---- checks -----------------------------------------------------------------------------
 
 
@@ -176,6 +190,11 @@ def check_case(case: Case, kernels: Kernels, pool: ThreadPoolExecutor) -> CaseRe
             for path in kernels.fp16_decoders:
                 got = kernels.decode(path, fmt, blocks)
                 bad[f"{path}-decode"] = _row_mismatches(got, want16, nan_as_class=True)
+            if fmt.bits <= 4:
+                want8 = reference_int8_levels(blocks, fmt)
+                for path in kernels.int8_decoders:
+                    got = kernels.decode(path, fmt, blocks)
+                    bad[f"{path}-decode"] = _row_mismatches(got, want8, nan_as_class=True)
             if case.stats:
                 y = case.data.astype(np.float64)
                 err = np.sum((y - want) ** 2, axis=1) / np.sum(y * y, axis=1)

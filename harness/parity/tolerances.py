@@ -18,6 +18,12 @@ FA16_DECODE = (
     "reference's float32 levels rounded to fp16 (nearest-even), times d, bit for bit; a NaN "
     "scale as for the -fa decoders"
 )
+FA8_DECODE = (
+    "the GPU flash-attention kernel's int8 K levels (cuda-fa8, turbo2..4) equal the "
+    "reference's float32 levels L rounded to int8 steps of L[-1]/127 (rint(L * (127 / "
+    "L[-1])) in float32), times that step, times d, in float32, bit for bit; a NaN scale "
+    "as for the -fa decoders"
+)
 F16_CONVERSION = (
     "the conversion of K/V to f16 for flash attention's tensor-core kernels (cuda-f16) "
     "equals the reference decode rounded to fp16 (nearest-even, overflow to infinity), bit "
@@ -35,6 +41,7 @@ TOLERANCES = {
     "rotation": ROTATION_NAN_AS_CLASS,
     "flash-attention decode": FA_DECODE_NAN_AS_CLASS,
     "flash-attention fp16 levels": FA16_DECODE,
+    "flash-attention int8 levels": FA8_DECODE,
     "conversion to f16": F16_CONVERSION,
     "tile dot and multiply-add": TILE_ORDER,
 }
@@ -46,6 +53,8 @@ DECODERS = ("scalar", "simd", "dispatch", "metal", "metal-t4", "cuda", "cuda-fa"
 F16_CONVERTERS = ("cuda-f16",)
 # Decoders of fp16 levels, checked against reference_fp16_levels; formats of at most 4 bits.
 FP16_DECODERS = ("cuda-fa16",)
+# Decoders of int8 levels, checked against reference_int8_levels; formats of at most 4 bits.
+INT8_DECODERS = ("cuda-fa8",)
 ROTATORS = ("scalar", "simd", "dispatch")
 TILE_PATHS = ("scalar", "simd", "dispatch")
 TILE_ROWS = 16  # rows per tile-mad call: ggml's GGML_FA_DECODE_TILE

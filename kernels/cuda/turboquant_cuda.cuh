@@ -478,6 +478,68 @@ template <int B, int N> struct tq_cu_staged {
         }
     }
 
+    /* The codebook as int8 for the flash-attention kernel's integer score product (B <= 4):
+     * level k is about i8_step() * i8(k), i8(k) = rint(127 * level(k) / max |level|), one
+     * byte per level in i8lut's words (level 4i + b at byte b of w[i]). Symmetric like the
+     * levels: i8(NLUT - 1 - k) = -i8(k). The rounding moves a level by at most half a step,
+     * 0.4 % of the largest level. */
+    static constexpr bool I8 = B <= 4;
+    struct i8lut {
+        uint32_t w[NT8];
+    };
+    static TQ_CU_HD float i8_step() { return lut_entry(NLUT - 1) / 127.0f; }
+    static TQ_CU_HD void i8lut_init(i8lut &t)
+    {
+        const float inv = 127.0f / lut_entry(NLUT - 1);
+        for (int i = 0; i < NT8; i++) {
+            t.w[i] = 0u;
+            for (int b = 0; b < 4 && 4 * i + b < NLH; b++) {
+                t.w[i] |= ((uint32_t)(int)rintf(lut_entry(4 * i + b) * inv) & 0xFFu) << (8 * b);
+            }
+        }
+    }
+    /* The int8 levels of 4 table indices, one per nibble of the low 16 bits of x (bytes4's
+     * lookup, one table instead of two). */
+    static TQ_CU_HD uint32_t i8x4(uint32_t x, const i8lut &t)
+    {
+        if (B >= 4) {
+            const uint32_t s = x & 0x7777u;
+            const uint32_t ch = ((x >> 3) & 0x1111u) * 4u + 0x3210u;
+            return tq_cu_prmt(tq_cu_prmt(t.w[0], t.w[1 % NT8], s), tq_cu_prmt(t.w[2 % NT8], t.w[3 % NT8], s), ch);
+        }
+        return tq_cu_prmt(t.w[0], t.w[1 % NT8], x);
+    }
+    /* Which of the 8 values byte i of word w of levels8x2_i8 holds: the A fragment of an
+     * int8 mma takes a row's values 4 at a time, and the queries' B fragment is packed in
+     * the same order. */
+    static TQ_CU_HD constexpr int i8val(int w, int i) { return F::lo_bits == 2 ? 2 * i + w : 4 * w + i; }
+    /* Two rows' 8 values (as levels8x2_h takes them) as int8 levels: a[w], b[w] hold values
+     * i8val(w, 0..3) of rows a and b. The selectors are levels8x2_h's; one byte permute
+     * (B <= 3) or three (B = 4) give 4 values, where the fp16 levels take 4 or 8 and 2 more
+     * to join the bytes. */
+    static TQ_CU_HD void levels8x2_i8(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b, const i8lut &t,
+                                      uint32_t a[2], uint32_t b[2])
+    {
+        if (F::lo_bits != 2) {
+            a[0] = i8x4(lo_a, t);
+            a[1] = i8x4(lo_a >> 16, t);
+            b[0] = i8x4(lo_b, t);
+            b[1] = i8x4(lo_b >> 16, t);
+            return;
+        }
+        const uint32_t l = tq_cu_prmt(lo_a, lo_b, 0x5410u);
+        uint32_t se = l & 0x33333333u;
+        uint32_t so = (l >> 2) & 0x33333333u;
+        if (B == 3) {
+            const uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x5410u);
+            add_top_bits((h | h << 4) & 0x0F0F0F0Fu, se, so);
+        }
+        a[0] = i8x4(se, t);
+        a[1] = i8x4(so, t);
+        b[0] = i8x4(se >> 16, t);
+        b[1] = i8x4(so >> 16, t);
+    }
+
     /* levels8_h of two rows' 8 values paired by value (B <= 4): out[v] holds value v of row a
      * (low half) and value v of row b, the two rows of one dim as the flash-attention kernel's
      * V^T operand takes them. The rows' low planes are interleaved by byte before the

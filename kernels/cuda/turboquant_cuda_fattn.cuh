@@ -49,7 +49,10 @@
 struct tq_fa_staged_q8_0 {
     static constexpr int QK = 32, NB = 34, OFF = 14, SB = 48, NLUT = 0;
     static constexpr bool H8 = true; /* levels8_h: the int8 values as fp16, exact */
+    static constexpr bool I8 = false; /* each block's own scale: the scores stay in fp16 */
     struct hlut {};
+    struct i8lut {};
+    static __device__ __forceinline__ void i8lut_init(i8lut &) {}
     static __device__ __forceinline__ void hlut_init(hlut &) {}
     /* values j0 .. j0+7 of the block blk (2-byte aligned): bytes 0-3 in lo, 4-7 in hi */
     static __device__ __forceinline__ void bits8(const uint8_t *blk, int j0, uint32_t &lo, uint32_t &hi)
@@ -628,6 +631,22 @@ static __device__ __forceinline__ void tq_fa_mma4(float c[4], uint32_t a0, uint3
 #endif
 }
 
+/* mma m16n8k32 on int8: A 16x32 (row), B 32x8 (col), C 16x8 int32; lane l holds A rows l/4
+ * (a0, a2) and l/4 + 8 (a1, a3) at columns 4(l%4) .. +3 (a0, a1) and 16 + 4(l%4) .. +3, B
+ * column l/4 at those rows, C as m16n8k16's. */
+static __device__ __forceinline__ void tq_fa_imma(int c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+        uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    GGML_UNUSED_VARS(c, a0, a1, a2, a3, b0, b1);
+    NO_DEVICE_CODE;
+#endif
+}
+
 /* A lane's run of values in a staged row, from value jl of the row on: where the index planes
  * of values jl .. jl+7 start (lo, hi) and the block holding them (blk, whose first bytes are
  * its scale). The mma kernel's loads then take their offsets from these pointers as
@@ -673,6 +692,18 @@ static __device__ __forceinline__ void tq_fa_rows8x2(const tq_fa_lane<S> & ra, c
             ((half2 *) b)[l] = __hmul2(((half2 *) b)[l], db);
         }
     }
+}
+
+/* tq_fa_rows8x2's values as int8 levels (S::levels8x2_i8): word w of a and b holds values
+ * S::i8val(w, 0..3) of the rows, before the level step and the scale. */
+template <typename S>
+static __device__ __forceinline__ void tq_fa_rows8x2_i8(const tq_fa_lane<S> & ra, const tq_fa_lane<S> & rb, int J,
+        const typename S::i8lut & t, uint32_t a[2], uint32_t b[2])
+{
+    uint32_t lo_a, hi_a, lo_b, hi_b;
+    ra.bits8(J, lo_a, hi_a);
+    rb.bits8(J, lo_b, hi_b);
+    S::levels8x2_i8(lo_a, hi_a, lo_b, hi_b, t, a, b);
 }
 
 /* Values jl + J .. +7 of two staged rows paired by value, as the V^T operand of the output
@@ -829,7 +860,12 @@ template <int RS> static __device__ __forceinline__ int tq_fa_staged_row(const c
  *   scores S^T = K Q^T (m16n8k16: 16 rows x 8 query heads): lane l decodes dims
  *     32q + 8c .. +7 (q < D/32) of rows j and j+8, its A fragments (the queries' B fragments
  *     take the same dims; the four lanes of a row read adjacent bytes); its C holds rows
- *     j, j+8 of heads 2c, 2c+1;
+ *     j, j+8 of heads 2c, 2c+1. Where a K row is one block of turbo2..4 (I8K) the product
+ *     is m16n8k32 on int8 instead: the codebook rounded to int8 (127 for its largest level,
+ *     SK::i8lut; a level moves by at most 0.4 % of the largest), each query head rounded
+ *     to int8 once (127 for its largest value), the int32 scores times both steps, as
+ *     ggml-cuda's vec kernels round Q to q8_1 for quantized K. A byte permute then gives
+ *     4 values instead of 2, and the bytes need no joining;
  *   the online softmax of heads 2c, 2c+1 over the 16 rows (one running max per warp and
  *     head, held by the lanes whose output holds that head); four shuffles turn the
  *     probabilities into the B fragment of P^T (rows 2c, 2c+1, 2c+8, 2c+9 of head j);
@@ -881,6 +917,10 @@ static __global__ void tq_flash_attn_ext_mma(
     constexpr int DV = D / 8;          /* V dims per lane */
     constexpr bool ROWK = D == SK::QK; /* K's scale applies to whole scores */
     constexpr bool ROWV = D == SV::QK; /* V's scale folds into the probabilities */
+    /* K's scores by an int8 mma where a row is one block of B <= 4 bits: the queries as int8
+     * (one step per head, from its largest value) against the codebook as int8
+     * (SK::i8lut), a byte permute per 4 values instead of per 2 and half the mma */
+    constexpr bool I8K = ROWK && SK::I8;
     static_assert(SK::H8 && SV::H8, "turbo2..5 or q8_0 K and V");
     static_assert(D % 64 == 0 && D <= 256 && D % SK::QK == 0 && D % SV::QK == 0, "head size 64, 128 or 256");
     static_assert(SK::QK % 32 == 0 && SV::QK % DV == 0, "a lane's runs of dims in one block");
@@ -908,22 +948,59 @@ static __global__ void tq_flash_attn_ext_mma(
 
     typename SK::hlut htK;
     typename SV::hlut htV;
+    typename SK::i8lut t8K;
     SK::hlut_init(htK);
     SV::hlut_init(htV);
+    SK::i8lut_init(t8K);
 
-    /* queries of head j as B fragments, in the order the K words come (tq_fa_rows8x2): qb[s][e]
-     * holds dims 32(s/2) + 8c + SK::pfirst(u), + SK::PSTEP, u = 2(s%2) + e */
     ggml_cuda_pdl_sync();
-    uint32_t qb[D / 16][2];
+    uint32_t qb[I8K ? 1 : D / 16][2];
+    uint32_t q8[I8K ? D / 32 : 1][2]; /* I8K: q8[q][w] holds dims 32q + 8c + SK::i8val(w, 0..3) */
+    float    qk[2];                    /* I8K: the int8 scores' step for heads 2c, 2c+1 */
     {
         const float * qrow = (const float *) (Q + nb03 * seq + nb02 * (h0 + min(j, ng - 1)) + nb01 * col) + 8 * c;
         const float z = j < ng ? scale : 0.0f;
+        if constexpr (I8K) {
+            float x[D / 32][8];
+            float amax = 0.0f;
 #pragma unroll
-        for (int s = 0; s < D / 16; s++) {
+            for (int q = 0; q < D / 32; q++) {
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const float * x = qrow + 32 * (s / 2) + SK::pfirst(2 * (s % 2) + e);
-                qb[s][e] = tq_fa_h2(x[0] * z, x[SK::PSTEP] * z);
+                for (int v = 0; v < 8; v++) {
+                    x[q][v] = qrow[32 * q + v] * z;
+                    amax = fmaxf(amax, fabsf(x[q][v]));
+                }
+            }
+            /* head j's largest value over the four lanes of its run */
+            amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 1));
+            amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 2));
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+#pragma unroll
+            for (int q = 0; q < D / 32; q++) {
+#pragma unroll
+                for (int w = 0; w < 2; w++) {
+                    uint32_t b = 0u;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        b |= ((uint32_t) __float2int_rn(x[q][SK::i8val(w, i)] * inv) & 0xFFu) << (8 * i);
+                    }
+                    q8[q][w] = b;
+                }
+            }
+            const float step = amax / 127.0f * SK::i8_step();
+            qk[0] = __shfl_sync(0xFFFFFFFFu, step, 8 * c);
+            qk[1] = __shfl_sync(0xFFFFFFFFu, step, 8 * c + 4);
+        } else {
+            /* queries of head j as B fragments, in the order the K words come
+             * (tq_fa_rows8x2): qb[s][e] holds dims 32(s/2) + 8c + SK::pfirst(u), + SK::PSTEP,
+             * u = 2(s%2) + e */
+#pragma unroll
+            for (int s = 0; s < D / 16; s++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float * x = qrow + 32 * (s / 2) + SK::pfirst(2 * (s % 2) + e);
+                    qb[s][e] = tq_fa_h2(x[0] * z, x[SK::PSTEP] * z);
+                }
             }
         }
     }
@@ -996,14 +1073,29 @@ static __global__ void tq_flash_attn_ext_mma(
         const tq_fa_lane<SK> ka(sk + tq_fa_staged_row<WK::RS>(Kg, nb11, j), 8 * c);
         const tq_fa_lane<SK> kb = ka.at(8 * WK::RS);
         float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if constexpr (I8K) {
+            int si[4] = {0, 0, 0, 0};
 #pragma unroll
-        for (int q = 0; q < D / 32; q++) {
-            /* dims 32q + 8c .. +7 lie in one block (QK is a multiple of 32) */
-            uint32_t x0[4];
-            uint32_t x1[4];
-            tq_fa_rows8x2<SK, ROWK>(ka, kb, 32 * q, htK, x0, x1);
-            tq_fa_mma4(sc, x0[0], x1[0], x0[1], x1[1], qb[2 * q][0], qb[2 * q][1]);
-            tq_fa_mma4(sc, x0[2], x1[2], x0[3], x1[3], qb[2 * q + 1][0], qb[2 * q + 1][1]);
+            for (int q = 0; q < D / 32; q++) {
+                uint32_t x0[2];
+                uint32_t x1[2];
+                tq_fa_rows8x2_i8<SK>(ka, kb, 32 * q, t8K, x0, x1);
+                tq_fa_imma(si, x0[0], x1[0], x0[1], x1[1], q8[q][0], q8[q][1]);
+            }
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                sc[k] = (float) si[k] * qk[k % 2];
+            }
+        } else {
+#pragma unroll
+            for (int q = 0; q < D / 32; q++) {
+                /* dims 32q + 8c .. +7 lie in one block (QK is a multiple of 32) */
+                uint32_t x0[4];
+                uint32_t x1[4];
+                tq_fa_rows8x2<SK, ROWK>(ka, kb, 32 * q, htK, x0, x1);
+                tq_fa_mma4(sc, x0[0], x1[0], x0[1], x1[1], qb[2 * q][0], qb[2 * q][1]);
+                tq_fa_mma4(sc, x0[2], x1[2], x0[3], x1[3], qb[2 * q + 1][0], qb[2 * q + 1][1]);
+            }
         }
 #pragma unroll
         for (int i = 0; i < 2; i++) {

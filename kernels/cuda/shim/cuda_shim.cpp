@@ -40,6 +40,13 @@ template <int B, int N> void to_f16(const void *src, float *y, int64_t k)
     }
 }
 
+template <int B, int N> void decode8_i8(const void *src, float *y, int64_t k, int &rc)
+{
+    for (int64_t t = 0; t < k / 8 && rc == TQ_OK; t++) {
+        rc = tq_cu_row_decode8_i8<B, N>(static_cast<const uint8_t *>(src), y, t) ? TQ_OK : TQ_ERR_FORMAT;
+    }
+}
+
 } // namespace
 
 /* An entry point of turboquant_cuda_shim.h: check the row, then run fn<B, N> for its format. */
@@ -58,3 +65,13 @@ TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row, dequantize, const void *, float *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_fa, decode8, const void *, float *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_f16, to_f16, const void *, float *)
 TQ_CUDA_SHIM_ENTRY(tq_cuda_dequantize_row_fa16, decode8_h, const void *, float *)
+
+/* Not TQ_CUDA_SHIM_ENTRY: turbo5 has no int8 levels (TQ_ERR_FORMAT before any output). */
+extern "C" int tq_cuda_dequantize_row_fa8(int bits, int n, const void *src, float *y, int64_t k)
+{
+    int rc = bits == 5 ? TQ_ERR_FORMAT : tq_cu_check_row(bits, n, k);
+    if (rc == TQ_OK) {
+        TQ_CU_FOR_FORMAT(rc, bits, n, decode8_i8, src, y, k, rc);
+    }
+    return rc;
+}

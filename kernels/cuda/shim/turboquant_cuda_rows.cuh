@@ -89,6 +89,40 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_h(const uint8_t *src, fl
     }
 }
 
+/* Thread t of the GPU flash-attention kernel's int8 K levels (turbo2..4, a row of one
+ * block): values 8*(t % (N/8)) .. +7 of block t / (N/8) through bits8 and levels8x2_i8, the
+ * block as row a (t even) or row b (t odd) and indices 0 as the other, then
+ * d * (i8_step * i8) in float. Returns false for a format without int8 levels (turbo5). */
+template <int B, int N> TQ_CU_HD bool tq_cu_row_decode8_i8(const uint8_t *src, float *y, int64_t t)
+{
+    typedef tq_cu_staged<B, N> S;
+    if constexpr (S::I8) {
+        const int64_t ib = t / (N / 8);
+        const int j0 = (int)(t % (N / 8)) * 8;
+        const uint8_t *blk = src + ib * S::NB;
+        typename S::i8lut t8;
+        S::i8lut_init(t8);
+        uint32_t lo;
+        uint32_t hi;
+        S::bits8(blk, j0, lo, hi);
+        uint32_t w[2][2];
+        if (t % 2 == 0) {
+            S::levels8x2_i8(lo, hi, 0u, 0u, t8, w[0], w[1]);
+        } else {
+            S::levels8x2_i8(0u, 0u, lo, hi, t8, w[1], w[0]);
+        }
+        const float d = tq_cu_block_scale(blk);
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < 4; i++) {
+                const float level = S::i8_step() * (float)(int8_t)(uint8_t)(w[0][k] >> (8 * i));
+                y[ib * N + j0 + S::i8val(k, i)] = d * level;
+            }
+        }
+        return true;
+    }
+    return false;
+}
+
 /* Thread t of the conversion to f16 (tq_cu_k_to_f16): values 8*(t % (N/8)) .. +7 of block
  * t / (N/8) as fp16, widened back to float (exactly) for the comparison. */
 template <int B, int N> TQ_CU_HD void tq_cu_row_to_f16(const uint8_t *src, float *y, int64_t t)

@@ -46,6 +46,11 @@ TQ_CUDA_API int tq_cuda_dequantize_row_f16(int bits, int n, const void *src, flo
  * times d in float; turbo2..5. */
 TQ_CUDA_API int tq_cuda_dequantize_row_fa16(int bits, int n, const void *src, float *y, int64_t k);
 
+/* tq_cu_staged::bits8 + levels8x2_i8, 8 values per call: the int8 levels the GPU
+ * flash-attention kernel's K * Q product takes where a row is one block, times its step
+ * and d in float; turbo2..4 (turbo5: TQ_ERR_FORMAT). */
+TQ_CUDA_API int tq_cuda_dequantize_row_fa8(int bits, int n, const void *src, float *y, int64_t k);
+
 #ifdef __cplusplus
 }
 #endif
