@@ -865,7 +865,9 @@ template <int RS> static __device__ __forceinline__ int tq_fa_staged_row(const c
  *     SK::i8lut; a level moves by at most 0.4 % of the largest), each query head rounded
  *     to int8 once (127 for its largest value), the int32 scores times both steps, as
  *     ggml-cuda's vec kernels round Q to q8_1 for quantized K. A byte permute then gives
- *     4 values instead of 2, and the bytes need no joining;
+ *     4 values instead of 2, and the bytes need no joining. One step per head is enough
+ *     because llama.cpp rotates Q (Hadamard) whenever K is quantized: no dim stands out
+ *     (LLAMA_ATTN_ROT_DISABLE=1 turns that off, and with it the turbo codebooks' premise);
  *   the online softmax of heads 2c, 2c+1 over the 16 rows (one running max per warp and
  *     head, held by the lanes whose output holds that head); four shuffles turn the
  *     probabilities into the B fragment of P^T (rows 2c, 2c+1, 2c+8, 2c+9 of head j);
