@@ -392,15 +392,20 @@ template <int B, int N> struct tq_cu_staged {
      * 8-15). */
     static TQ_CU_HD void bytes4(uint32_t x, const hlut &t, uint32_t &lb, uint32_t &hb)
     {
+        lb = table4(x, t.lo);
+        hb = table4(x, t.hi);
+    }
+    /* Bytes k of the NT8-word table w for 4 indices k, one per nibble of the low 16 bits of
+     * x: one byte permute, or for 16 entries (B >= 4) two and a third that bit 3 of each
+     * nibble steers. */
+    static TQ_CU_HD uint32_t table4(uint32_t x, const uint32_t (&w)[NT8])
+    {
         if (B >= 4) {
             const uint32_t s = x & 0x7777u;
             const uint32_t ch = ((x >> 3) & 0x1111u) * 4u + 0x3210u; /* selector i: i + 4 * bit 3 */
-            lb = tq_cu_prmt(tq_cu_prmt(t.lo[0], t.lo[1], s), tq_cu_prmt(t.lo[2 % NT8], t.lo[3 % NT8], s), ch);
-            hb = tq_cu_prmt(tq_cu_prmt(t.hi[0], t.hi[1], s), tq_cu_prmt(t.hi[2 % NT8], t.hi[3 % NT8], s), ch);
-        } else {
-            lb = tq_cu_prmt(t.lo[0], t.lo[1 % NT8], x);
-            hb = tq_cu_prmt(t.hi[0], t.hi[1 % NT8], x);
+            return tq_cu_prmt(tq_cu_prmt(w[0], w[1], s), tq_cu_prmt(w[2 % NT8], w[3 % NT8], s), ch);
         }
+        return tq_cu_prmt(w[0], w[1 % NT8], x);
     }
     /* The 8 values of bits8 as fp16 codebook levels before the scale, fp16(lut_entry(idx))
      * bit for bit: out[i] holds values 2i (low half) and 2i+1. Byte permutes of the tables
@@ -446,12 +451,30 @@ template <int B, int N> struct tq_cu_staged {
     static constexpr int PSTEP = F::lo_bits == 2 ? 2 : 1;
     static TQ_CU_HD constexpr int pfirst(int u) { return F::lo_bits == 2 ? (u % 2) * 4 + u / 2 : 2 * u; }
 
+    /* The selectors of two rows' 8 values for 2-bit low planes (B = 2, 3): nibble k of sel[0]
+     * holds value 2k's table index of row a, of sel[1] value 2k+1's, sel[2] and sel[3] row
+     * b's. Both rows' index bits are spread in one pass of 32-bit operations, and the values
+     * go to the selectors by parity (the low bits of values 0, 2, 4, 6 are already the low
+     * bits of nibbles 0..3 of the plane). */
+    static TQ_CU_HD void sel8x2(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b, uint32_t sel[4])
+    {
+        const uint32_t l = tq_cu_prmt(lo_a, lo_b, 0x5410u); /* a's 16 bits, then b's */
+        uint32_t se = l & 0x33333333u;                      /* nibble k: value 2k's low bits */
+        uint32_t so = (l >> 2) & 0x33333333u;               /* value 2k+1's */
+        if (B == 3) {
+            const uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x5410u); /* top bit of value i at bit i */
+            add_top_bits((h | h << 4) & 0x0F0F0F0Fu, se, so);
+        }
+        sel[0] = se;
+        sel[1] = so;
+        sel[2] = se >> 16;
+        sel[3] = so >> 16;
+    }
+
     /* levels8_h of two rows' 8 values (a: lo_a, hi_a; b: lo_b, hi_b, as bits8 gives them) in
-     * the order pfirst / PSTEP. For 2-bit low planes (B = 2, 3) both rows' index bits are
-     * spread in one pass of 32-bit operations, and the values go to the selectors by parity
-     * (the low bits of values 0, 2, 4, 6 are already the low bits of nibbles 0..3 of the
-     * plane), which takes about half the instructions of levels8_h's natural order; the
-     * flash-attention kernel permutes Q or the output dims to match. B = 4 keeps levels8_h. */
+     * the order pfirst / PSTEP. For 2-bit low planes (B = 2, 3) through sel8x2, about half
+     * the instructions of levels8_h's natural order; the flash-attention kernel permutes Q
+     * or the output dims to match. B = 4 keeps levels8_h. */
     static TQ_CU_HD void levels8x2_h(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b, const hlut &t,
                                      uint32_t a[4], uint32_t b[4])
     {
@@ -460,14 +483,8 @@ template <int B, int N> struct tq_cu_staged {
             levels8_h(lo_b, hi_b, t, b);
             return;
         }
-        const uint32_t l = tq_cu_prmt(lo_a, lo_b, 0x5410u); /* a's 16 bits, then b's */
-        uint32_t se = l & 0x33333333u;                      /* nibble k: value 2k's low bits */
-        uint32_t so = (l >> 2) & 0x33333333u;               /* value 2k+1's */
-        if (B == 3) {
-            const uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x5410u); /* top bit of value i at bit i */
-            add_top_bits((h | h << 4) & 0x0F0F0F0Fu, se, so);
-        }
-        const uint32_t sel[4] = {se, so, se >> 16, so >> 16};
+        uint32_t sel[4];
+        sel8x2(lo_a, hi_a, lo_b, hi_b, sel);
         for (int k = 0; k < 4; k++) {
             uint32_t *out = k < 2 ? a : b;
             uint32_t lb;
@@ -498,46 +515,25 @@ template <int B, int N> struct tq_cu_staged {
             }
         }
     }
-    /* The int8 levels of 4 table indices, one per nibble of the low 16 bits of x (bytes4's
-     * lookup, one table instead of two). */
-    static TQ_CU_HD uint32_t i8x4(uint32_t x, const i8lut &t)
-    {
-        if (B >= 4) {
-            const uint32_t s = x & 0x7777u;
-            const uint32_t ch = ((x >> 3) & 0x1111u) * 4u + 0x3210u;
-            return tq_cu_prmt(tq_cu_prmt(t.w[0], t.w[1 % NT8], s), tq_cu_prmt(t.w[2 % NT8], t.w[3 % NT8], s), ch);
-        }
-        return tq_cu_prmt(t.w[0], t.w[1 % NT8], x);
-    }
     /* Which of the 8 values byte i of word w of levels8x2_i8 holds: the A fragment of an
      * int8 mma takes a row's values 4 at a time, and the queries' B fragment is packed in
      * the same order. */
     static TQ_CU_HD constexpr int i8val(int w, int i) { return F::lo_bits == 2 ? 2 * i + w : 4 * w + i; }
     /* Two rows' 8 values (as levels8x2_h takes them) as int8 levels: a[w], b[w] hold values
-     * i8val(w, 0..3) of rows a and b. The selectors are levels8x2_h's; one byte permute
-     * (B <= 3) or three (B = 4) give 4 values, where the fp16 levels take 4 or 8 and 2 more
-     * to join the bytes. */
+     * i8val(w, 0..3) of rows a and b. The selectors are sel8x2's (B <= 3) or the 4-bit
+     * plane itself; one byte permute (B <= 3) or three (B = 4) give 4 values, where the
+     * fp16 levels take 4 or 8 and 2 more to join the bytes. */
     static TQ_CU_HD void levels8x2_i8(uint32_t lo_a, uint32_t hi_a, uint32_t lo_b, uint32_t hi_b, const i8lut &t,
                                       uint32_t a[2], uint32_t b[2])
     {
-        if (F::lo_bits != 2) {
-            a[0] = i8x4(lo_a, t);
-            a[1] = i8x4(lo_a >> 16, t);
-            b[0] = i8x4(lo_b, t);
-            b[1] = i8x4(lo_b >> 16, t);
-            return;
+        uint32_t sel[4] = {lo_a, lo_a >> 16, lo_b, lo_b >> 16};
+        if (F::lo_bits == 2) {
+            sel8x2(lo_a, hi_a, lo_b, hi_b, sel);
         }
-        const uint32_t l = tq_cu_prmt(lo_a, lo_b, 0x5410u);
-        uint32_t se = l & 0x33333333u;
-        uint32_t so = (l >> 2) & 0x33333333u;
-        if (B == 3) {
-            const uint32_t h = tq_cu_prmt(hi_a, hi_b, 0x5410u);
-            add_top_bits((h | h << 4) & 0x0F0F0F0Fu, se, so);
-        }
-        a[0] = i8x4(se, t);
-        a[1] = i8x4(so, t);
-        b[0] = i8x4(se >> 16, t);
-        b[1] = i8x4(so >> 16, t);
+        a[0] = table4(sel[0], t.w);
+        a[1] = table4(sel[1], t.w);
+        b[0] = table4(sel[2], t.w);
+        b[1] = table4(sel[3], t.w);
     }
 
     /* levels8_h of two rows' 8 values paired by value (B <= 4): out[v] holds value v of row a

@@ -40,10 +40,10 @@ template <int B, int N> void to_f16(const void *src, float *y, int64_t k)
     }
 }
 
-template <int B, int N> void decode8_i8(const void *src, float *y, int64_t k, int &rc)
+template <int B, int N> void decode8_i8(const void *src, float *y, int64_t k)
 {
-    for (int64_t t = 0; t < k / 8 && rc == TQ_OK; t++) {
-        rc = tq_cu_row_decode8_i8<B, N>(static_cast<const uint8_t *>(src), y, t) ? TQ_OK : TQ_ERR_FORMAT;
+    for (int64_t t = 0; t < k / 8; t++) {
+        tq_cu_row_decode8_i8<B, N>(static_cast<const uint8_t *>(src), y, t);
     }
 }
 
@@ -71,7 +71,7 @@ extern "C" int tq_cuda_dequantize_row_fa8(int bits, int n, const void *src, floa
 {
     int rc = bits == 5 ? TQ_ERR_FORMAT : tq_cu_check_row(bits, n, k);
     if (rc == TQ_OK) {
-        TQ_CU_FOR_FORMAT(rc, bits, n, decode8_i8, src, y, k, rc);
+        TQ_CU_FOR_FORMAT(rc, bits, n, decode8_i8, src, y, k);
     }
     return rc;
 }

@@ -92,8 +92,8 @@ template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_h(const uint8_t *src, fl
 /* Thread t of the GPU flash-attention kernel's int8 K levels (turbo2..4, a row of one
  * block): values 8*(t % (N/8)) .. +7 of block t / (N/8) through bits8 and levels8x2_i8, the
  * block as row a (t even) or row b (t odd) and indices 0 as the other, then
- * d * (i8_step * i8) in float. Returns false for a format without int8 levels (turbo5). */
-template <int B, int N> TQ_CU_HD bool tq_cu_row_decode8_i8(const uint8_t *src, float *y, int64_t t)
+ * d * (i8_step * i8) in float. Nothing for a format without int8 levels (turbo5). */
+template <int B, int N> TQ_CU_HD void tq_cu_row_decode8_i8(const uint8_t *src, float *y, int64_t t)
 {
     typedef tq_cu_staged<B, N> S;
     if constexpr (S::I8) {
@@ -118,9 +118,7 @@ template <int B, int N> TQ_CU_HD bool tq_cu_row_decode8_i8(const uint8_t *src, f
                 y[ib * N + j0 + S::i8val(k, i)] = d * level;
             }
         }
-        return true;
     }
-    return false;
 }
 
 /* Thread t of the conversion to f16 (tq_cu_k_to_f16): values 8*(t % (N/8)) .. +7 of block
